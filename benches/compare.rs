@@ -1,0 +1,3 @@
+fn main() {
+    println!("cargo bench --bench compare: not yet available");
+}

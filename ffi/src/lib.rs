@@ -1,0 +1,1 @@
+//! C ABI of tidemalloc (placeholder until its own issue lands).

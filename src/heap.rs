@@ -1,0 +1,762 @@
+//! Layer `heap`: one heap per thread, holding a queue of pages per size class and the
+//! segments those pages come from.
+//!
+//! - Fast paths (in `lib.rs`): malloc pops the first page's `free` list; a same-thread free
+//!   pushes on the page's `local_free`. Neither takes a lock or does an atomic
+//!   read-modify-write.
+//! - Slow path ([`Heap::alloc_slow`]): merges freed blocks into the current page, else walks a
+//!   few pages of the queue collecting cross-thread frees (full pages rotate to the back),
+//!   else takes a free page: from the heap's own segments, from a segment abandoned by an
+//!   exited thread, or from a new segment from the arena.
+//! - A page that empties goes back to its segment (unless it is its class's only page), where
+//!   any size class of the same kind can take it; a segment that empties goes back to the
+//!   arena, but for one kept per kind against churn.
+//! - Thread exit (a pthread key destructor): pages are collected, segments that still hold
+//!   live blocks are abandoned to a global list and adopted by the next heap that needs a
+//!   page, so thread churn strands no memory. Allocations the thread makes after that (from
+//!   other destructors) use a lock-protected backup heap.
+//!
+//! Heaps live in memory from `os` (never the Rust allocator) and are recycled, never freed.
+
+use crate::arena;
+use crate::lock::Lock;
+use crate::os;
+use crate::page::{Block, FREE_IS_ZERO, HAS_ALIGNED, Page};
+use crate::segment::{self, Kind, PAGED_KINDS, SEGMENT_SHIFT, Segment};
+use crate::size_class::{NCLASSES, class_size};
+use crate::stats::{self, LocalInUse};
+use core::cell::Cell;
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicUsize, Ordering};
+
+/// Pages of a size-class queue the slow path examines before taking a fresh page.
+const SEARCH_LIMIT: usize = 8;
+/// Abandoned segments adopted per fresh-page request, at most.
+const RECLAIM_LIMIT: usize = 4;
+/// Thread id of the backup heap: no real thread has it, so frees into its pages always take
+/// the cross-thread path.
+const BACKUP_TID: usize = 1;
+
+/// Pages of one size class, the one to allocate from first.
+#[derive(Clone, Copy)]
+pub struct PageQueue {
+    pub first: *mut Page,
+    last: *mut Page,
+}
+
+/// Segments of one kind; those with free pages come first.
+#[derive(Clone, Copy)]
+struct SegQueue {
+    first: *mut Segment,
+    last: *mut Segment,
+}
+
+/// A thread's heap.
+#[repr(C)]
+pub struct Heap {
+    /// Queues of pages, one per size class (hot: first in the struct).
+    pub bins: [PageQueue; NCLASSES],
+    /// The owning thread's `os::thread_id`.
+    pub thread_id: usize,
+    /// Bytes handed out minus bytes given back, not yet flushed to the global figure.
+    pub in_use: LocalInUse,
+    /// Segments of each paged kind that this heap owns.
+    segments: [SegQueue; PAGED_KINDS],
+    /// Empty segments kept, per kind.
+    empty: [usize; PAGED_KINDS],
+    /// Trim requests seen (compared with `TRIM_EPOCH`).
+    trim_epoch: usize,
+    /// Next heap ever created (for merging counters); never changes once set.
+    next_all: AtomicPtr<Heap>,
+    /// Next heap in the pool of recycled heaps.
+    next_free: *mut Heap,
+}
+
+thread_local! {
+    /// This thread's heap: null before its first allocation, `DEAD` after its exit handler.
+    static HEAP: Cell<*mut Heap> = const { Cell::new(ptr::null_mut()) };
+}
+const DEAD: *mut Heap = 1 as *mut Heap;
+
+/// The calling thread's heap, if it has a live one.
+#[inline(always)]
+pub fn current() -> Option<&'static mut Heap> {
+    let h = HEAP.get();
+    // SAFETY: a TLS value above DEAD is this thread's heap, used only by this thread.
+    if (h as usize) > DEAD as usize { Some(unsafe { &mut *h }) } else { None }
+}
+
+// ---- global state ----
+
+struct Meta {
+    /// Recycled heaps.
+    pool: *mut Heap,
+    /// Unused room in the current chunk of heap memory.
+    chunk: *mut u8,
+    chunk_left: usize,
+}
+// SAFETY: the raw pointers are only used under the lock that owns the struct.
+unsafe impl Send for Meta {}
+
+static META: Lock<Meta> = Lock::new(Meta { pool: ptr::null_mut(), chunk: ptr::null_mut(), chunk_left: 0 });
+static ALL_HEAPS: AtomicPtr<Heap> = AtomicPtr::new(ptr::null_mut());
+
+struct Abandoned(SegQueue);
+// SAFETY: the segments are only touched under the lock that owns the struct.
+unsafe impl Send for Abandoned {}
+static ABANDONED: Lock<Abandoned> = Lock::new(Abandoned(SegQueue { first: ptr::null_mut(), last: ptr::null_mut() }));
+/// Number of abandoned segments (read without the lock to skip it when zero).
+static ABANDONED_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+struct Backup(*mut Heap);
+// SAFETY: the heap is only touched under the lock that owns the struct.
+unsafe impl Send for Backup {}
+static BACKUP: Lock<Backup> = Lock::new(Backup(ptr::null_mut()));
+
+/// Bumped by `trim`: heaps give back their kept empty segments when they see it change.
+static TRIM_EPOCH: AtomicUsize = AtomicUsize::new(0);
+
+static INIT: AtomicU8 = AtomicU8::new(0);
+const INIT_DONE: u8 = 2;
+static KEY: AtomicU32 = AtomicU32::new(0);
+
+// ---- initialisation and heap life cycle ----
+
+/// One-time set-up: options, the thread-exit key, fork handlers. Nothing here allocates
+/// through malloc before `INIT_DONE` is published; what follows it may.
+#[cold]
+fn ensure_init() {
+    if INIT.load(Ordering::Acquire) == INIT_DONE {
+        return;
+    }
+    if INIT.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        while INIT.load(Ordering::Acquire) != INIT_DONE {
+            os::yield_now();
+        }
+        return;
+    }
+    crate::options::load_from_env();
+    if os::sysconf_page_size() != os::PAGE_SIZE {
+        crate::eprint_noalloc!("tidemalloc: fatal: built for {}-byte pages, system has {}\n", os::PAGE_SIZE, os::sysconf_page_size());
+        os::abort();
+    }
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: `key` is a valid out-pointer; the destructor has the required signature.
+    // Keys below 32 never allocate in glibc, and this is among the first keys made.
+    unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) };
+    KEY.store(key, Ordering::Relaxed);
+    INIT.store(INIT_DONE, Ordering::Release);
+    // SAFETY: the handlers have the required signature; glibc may allocate here, which works
+    // now that initialisation is published.
+    unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+    crate::after_init();
+}
+
+/// The calling thread's heap, creating it on first use; None if the thread has exited (its
+/// allocations then use the backup heap).
+#[cold]
+fn current_or_create() -> Option<&'static mut Heap> {
+    let h = HEAP.get();
+    if h == DEAD {
+        return None;
+    }
+    if !h.is_null() {
+        // SAFETY: see `current`.
+        return Some(unsafe { &mut *h });
+    }
+    ensure_init();
+    let heap = META.lock().new_heap()?;
+    heap.thread_id = os::thread_id();
+    HEAP.set(heap);
+    // SAFETY: the key was created in ensure_init; glibc stores values of low keys without
+    // allocating (and if it did, the TLS slot is already set, so the call would succeed).
+    unsafe { libc::pthread_setspecific(KEY.load(Ordering::Relaxed), (heap as *mut Heap).cast()) };
+    Some(heap)
+}
+
+/// Runs `f` on the calling thread's heap, or on the backup heap (under its lock) for a thread
+/// that has exited or could not get a heap. None if no heap could be had at all.
+#[inline]
+pub fn with_heap<R>(f: impl FnOnce(&mut Heap) -> R) -> Option<R> {
+    if let Some(h) = current() {
+        return Some(f(h));
+    }
+    with_heap_slow(f)
+}
+
+#[cold]
+fn with_heap_slow<R>(f: impl FnOnce(&mut Heap) -> R) -> Option<R> {
+    if let Some(h) = current_or_create() {
+        return Some(f(h));
+    }
+    let mut b = BACKUP.lock();
+    if b.0.is_null() {
+        let h = META.lock().new_heap()?;
+        h.thread_id = BACKUP_TID;
+        b.0 = h;
+    }
+    // SAFETY: the backup heap is only used under this lock.
+    Some(f(unsafe { &mut *b.0 }))
+}
+
+impl Meta {
+    /// A clean heap from the pool or from a new chunk of memory from `os`.
+    fn new_heap(&mut self) -> Option<&'static mut Heap> {
+        let h = if !self.pool.is_null() {
+            let h = self.pool;
+            // SAFETY: pooled heaps are valid, unused heaps.
+            self.pool = unsafe { (*h).next_free };
+            h
+        } else {
+            let size = size_of::<Heap>().next_multiple_of(64);
+            if self.chunk_left < size {
+                let len = 64 * size.next_multiple_of(os::PAGE_SIZE);
+                self.chunk = os::mmap_anon(len);
+                if self.chunk.is_null() {
+                    self.chunk_left = 0;
+                    return None;
+                }
+                self.chunk_left = len;
+            }
+            let h = self.chunk.cast::<Heap>();
+            // SAFETY: `size` bytes remain in the chunk.
+            self.chunk = unsafe { self.chunk.add(size) };
+            self.chunk_left -= size;
+            // Zeroed memory is a valid empty heap. Publish it for counter merging.
+            let mut head = ALL_HEAPS.load(Ordering::Relaxed);
+            loop {
+                // SAFETY: `h` is ours until published.
+                unsafe { (*h).next_all = AtomicPtr::new(head) };
+                match ALL_HEAPS.compare_exchange(head, h, Ordering::Release, Ordering::Relaxed) {
+                    Ok(_) => break,
+                    Err(x) => head = x,
+                }
+            }
+            h
+        };
+        // SAFETY: `h` is an unused heap that only we can see.
+        let heap = unsafe { &mut *h };
+        heap.bins = [PageQueue { first: ptr::null_mut(), last: ptr::null_mut() }; NCLASSES];
+        heap.segments = [SegQueue { first: ptr::null_mut(), last: ptr::null_mut() }; PAGED_KINDS];
+        heap.empty = [0; PAGED_KINDS];
+        heap.trim_epoch = TRIM_EPOCH.load(Ordering::Relaxed);
+        Some(heap)
+    }
+}
+
+/// pthread key destructor: the thread is exiting.
+extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
+    let heap = arg.cast::<Heap>();
+    HEAP.set(DEAD);
+    // SAFETY: the key's value is this thread's heap; nothing else uses it any more.
+    unsafe { (*heap).abandon() };
+    let mut m = META.lock();
+    // SAFETY: the heap is empty and unreachable; the pool takes it.
+    unsafe { (*heap).next_free = m.pool };
+    m.pool = heap;
+}
+
+// ---- fork ----
+
+extern "C" fn fork_prepare() {
+    crate::lock::hold(&META);
+    crate::lock::hold(&BACKUP);
+    crate::lock::hold(&ABANDONED);
+    arena::lock_for_fork();
+    crate::large::lock_for_fork();
+}
+
+extern "C" fn fork_parent() {
+    // SAFETY: all were taken in fork_prepare by this thread.
+    unsafe { release_fork_locks() };
+}
+
+extern "C" fn fork_child() {
+    // SAFETY: all were taken in fork_prepare by the thread that forked, which is us.
+    unsafe { release_fork_locks() };
+}
+
+/// # Safety
+/// Only after `fork_prepare`.
+unsafe fn release_fork_locks() {
+    // SAFETY: per the contract, each lock is held with no guard alive.
+    unsafe {
+        crate::large::unlock_after_fork();
+        arena::unlock_after_fork();
+        crate::lock::force_unlock(&ABANDONED);
+        crate::lock::force_unlock(&BACKUP);
+        crate::lock::force_unlock(&META);
+    }
+}
+
+// ---- allocation ----
+
+impl Heap {
+    /// Slow path of small allocation: finds a page of `class` with a free block and pops it.
+    /// With `zero` the block reads as zeros. Null when out of memory.
+    #[cold]
+    #[inline(never)]
+    pub fn alloc_slow(&mut self, class: usize, zero: bool) -> *mut u8 {
+        self.in_use.flush();
+        self.check_trim_request();
+        let Some(page) = self.find_page(class) else { return ptr::null_mut() };
+        self.pop_from(page, zero)
+    }
+
+    /// Pops a block from `page` (which has one) and zeroes it if asked.
+    #[inline(always)]
+    pub fn pop_from(&mut self, page: &mut Page, zero: bool) -> *mut u8 {
+        let is_zero = page.flags & FREE_IS_ZERO != 0;
+        let b = page.pop();
+        debug_assert!(!b.is_null());
+        self.in_use.add(page.block_size as isize);
+        if zero {
+            // SAFETY: `b` is a block of `block_size` bytes we just took.
+            unsafe {
+                if is_zero {
+                    (*b).next = ptr::null_mut();
+                } else {
+                    ptr::write_bytes(b.cast::<u8>(), 0, page.block_size);
+                }
+            }
+        }
+        b.cast()
+    }
+
+    /// A page of `class` with a free block, moved to the front of its queue.
+    fn find_page(&mut self, class: usize) -> Option<&'static mut Page> {
+        let mut p = self.bins[class].first;
+        for _ in 0..SEARCH_LIMIT {
+            if p.is_null() {
+                break;
+            }
+            // SAFETY: pages in our queues are live descriptors of segments we own.
+            let page = unsafe { &mut *p };
+            let next = page.next;
+            if page.collect() || page.extend() {
+                self.queue_move_front(class, page);
+                return Some(page);
+            }
+            self.queue_move_back(class, page);
+            p = next;
+        }
+        let page = self.fresh_page(class)?;
+        page.extend();
+        Some(page)
+    }
+
+    /// Takes a free page for `class` and puts it at the front of the class queue.
+    fn fresh_page(&mut self, class: usize) -> Option<&'static mut Page> {
+        let bs = class_size(class);
+        let kind = Kind::for_block(bs);
+        let seg = self.segment_with_free_page(kind)?;
+        let was_empty = seg.used_pages == 0;
+        let (i, fresh) = seg.take_page()?;
+        if was_empty {
+            self.empty[kind as usize] -= 1;
+        }
+        if seg.free_mask == 0 {
+            self.seg_move_back(seg);
+        }
+        let (area, len) = seg.page_area(i);
+        let page = &mut seg.pages[i];
+        page.init(class as u8, bs, area, len / bs, fresh);
+        self.queue_push_front(class, page);
+        // SAFETY: segment headers live as long as the segment, which we own.
+        Some(unsafe { &mut *(page as *mut Page) })
+    }
+
+    /// A segment of `kind` with a free page: our own, an adopted one, or a new one.
+    fn segment_with_free_page(&mut self, kind: Kind) -> Option<&'static mut Segment> {
+        let first = self.segments[kind as usize].first;
+        // SAFETY: segments in our queues are live and ours.
+        if !first.is_null() && unsafe { (*first).free_mask } != 0 {
+            // SAFETY: as above.
+            return Some(unsafe { &mut *first });
+        }
+        if let Some(seg) = self.reclaim(kind) {
+            return Some(seg);
+        }
+        let (base, from_mmap) = arena::alloc_segments(1)?;
+        // SAFETY: the arena gave us a zeroed, aligned segment.
+        let seg = unsafe { &mut *Segment::init(base, kind, 1, from_mmap) };
+        self.adopt_segment(seg);
+        self.empty[kind as usize] += 1;
+        Some(seg)
+    }
+
+    /// Makes `seg` ours and queues it (front if it has a free page).
+    fn adopt_segment(&mut self, seg: &mut Segment) {
+        seg.heap = self;
+        seg.thread_id.store(self.thread_id, Ordering::Release);
+        let q = &mut self.segments[seg.kind as usize];
+        seg.prev = ptr::null_mut();
+        if seg.free_mask != 0 || q.first.is_null() {
+            seg.next = q.first;
+            if q.first.is_null() {
+                q.last = seg;
+            } else {
+                // SAFETY: queued segments are live.
+                unsafe { (*q.first).prev = seg };
+            }
+            q.first = seg;
+        } else {
+            seg.next = ptr::null_mut();
+            seg.prev = q.last;
+            // SAFETY: queued segments are live; q.last is non-null here.
+            unsafe { (*q.last).next = seg };
+            q.last = seg;
+        }
+    }
+
+    /// Adopts segments abandoned by exited threads (a few at most); returns one of `kind`
+    /// with a free page if it found one.
+    fn reclaim(&mut self, kind: Kind) -> Option<&'static mut Segment> {
+        for _ in 0..RECLAIM_LIMIT {
+            if ABANDONED_COUNT.load(Ordering::Relaxed) == 0 {
+                return None;
+            }
+            let seg = {
+                let mut a = ABANDONED.try_lock()?;
+                let s = a.0.first;
+                if s.is_null() {
+                    return None;
+                }
+                // SAFETY: segments on the abandoned list are live and owned by the list.
+                unsafe { seg_unlink(&mut a.0, &mut *s) };
+                ABANDONED_COUNT.fetch_sub(1, Ordering::Relaxed);
+                // SAFETY: as above; now ours.
+                unsafe { &mut *s }
+            };
+            self.adopt_segment(seg);
+            for i in 0..seg.page_count as usize {
+                let page = &mut seg.pages[i];
+                if !page.in_use() {
+                    continue;
+                }
+                page.collect_thread_free();
+                if page.used == 0 {
+                    self.release_page(seg, i);
+                } else {
+                    let class = page.class as usize;
+                    self.queue_push_front(class, page);
+                }
+            }
+            if seg.used_pages == 0 {
+                self.empty[seg.kind as usize] += 1;
+                self.maybe_free_empty_segment(seg);
+                continue;
+            }
+            if seg.kind == kind && seg.free_mask != 0 {
+                return Some(seg);
+            }
+        }
+        None
+    }
+
+    // ---- freeing (owner side) ----
+
+    /// The owner's free, after the fast path checks: `b` is a handed-out block of `page`,
+    /// a page of one of our segments.
+    ///
+    /// # Safety
+    /// As stated; the caller checked ownership and validity.
+    #[inline(always)]
+    pub unsafe fn free_local(&mut self, page: &mut Page, b: *mut Block) {
+        self.in_use.add(-(page.block_size as isize));
+        // SAFETY: per the contract.
+        unsafe { page.push_local(b) };
+        if page.used == 0 {
+            self.page_emptied(page);
+        }
+    }
+
+    /// A page of ours has no block in use: give it back to its segment unless it is the
+    /// only page of its size class (then it is kept against alloc/free churn).
+    #[cold]
+    #[inline(never)]
+    fn page_emptied(&mut self, page: *mut Page) {
+        // SAFETY: `page` is a live page of one of our segments; this reference ends before
+        // the segment is touched.
+        let (class, area) = unsafe { ((*page).class as usize, (*page).area) };
+        let q = self.bins[class];
+        if q.first == page && q.last == page {
+            return;
+        }
+        // SAFETY: as above.
+        self.queue_unlink(class, unsafe { &mut *page });
+        // SAFETY: the page's segment is live and ours.
+        let seg = unsafe { &mut *(segment::segment_base(area) as *mut Segment) };
+        let i = seg.page_index(area);
+        self.release_page(seg, i);
+        if seg.used_pages == 0 {
+            self.empty[seg.kind as usize] += 1;
+            self.maybe_free_empty_segment(seg);
+        }
+    }
+
+    /// Gives page `i` back to `seg`, requeueing the segment at the front if it was full.
+    fn release_page(&mut self, seg: &mut Segment, i: usize) {
+        let was_full = seg.free_mask == 0;
+        seg.release_page(i);
+        if was_full {
+            self.seg_unlink(seg);
+            self.adopt_segment(seg);
+        }
+    }
+
+    /// Keeps at most one empty segment per kind; frees the rest to the arena.
+    fn maybe_free_empty_segment(&mut self, seg: &mut Segment) {
+        if self.empty[seg.kind as usize] > 1 {
+            self.empty[seg.kind as usize] -= 1;
+            self.seg_unlink(seg);
+            free_segment(seg);
+        }
+    }
+
+    /// Gives every kept empty segment back to the arena.
+    pub fn release_empty_segments(&mut self) {
+        for k in 0..PAGED_KINDS {
+            let mut s = self.segments[k].first;
+            while !s.is_null() && self.empty[k] > 0 {
+                // SAFETY: segments in our queues are live and ours.
+                let seg = unsafe { &mut *s };
+                s = seg.next;
+                if seg.used_pages == 0 {
+                    self.empty[k] -= 1;
+                    self.seg_unlink(seg);
+                    free_segment(seg);
+                }
+            }
+        }
+    }
+
+    fn check_trim_request(&mut self) {
+        let e = TRIM_EPOCH.load(Ordering::Relaxed);
+        if e != self.trim_epoch {
+            self.trim_epoch = e;
+            self.release_empty_segments();
+        }
+    }
+
+    /// Thread exit: collects every page, frees what is empty, abandons the rest.
+    fn abandon(&mut self) {
+        self.in_use.flush();
+        for class in 0..NCLASSES {
+            let mut p = self.bins[class].first;
+            while !p.is_null() {
+                // SAFETY: pages in our queues are live descriptors in segments we own.
+                let page = unsafe { &mut *p };
+                p = page.next;
+                page.collect_thread_free();
+                if page.used == 0 {
+                    let seg = segment::segment_base(page.area) as *mut Segment;
+                    // SAFETY: the page's segment is live and ours.
+                    let seg = unsafe { &mut *seg };
+                    let i = seg.page_index(page.area);
+                    self.release_page(seg, i);
+                }
+            }
+            self.bins[class] = PageQueue { first: ptr::null_mut(), last: ptr::null_mut() };
+        }
+        for k in 0..PAGED_KINDS {
+            while !self.segments[k].first.is_null() {
+                // SAFETY: segments in our queues are live and ours.
+                let seg = unsafe { &mut *self.segments[k].first };
+                self.seg_unlink(seg);
+                if seg.used_pages == 0 {
+                    free_segment(seg);
+                    continue;
+                }
+                seg.heap = ptr::null_mut();
+                seg.thread_id.store(0, Ordering::Release);
+                let mut a = ABANDONED.lock();
+                seg_push_back(&mut a.0, seg);
+                ABANDONED_COUNT.fetch_add(1, Ordering::Relaxed);
+            }
+            self.empty[k] = 0;
+        }
+    }
+
+    // ---- queue plumbing ----
+
+    fn queue_push_front(&mut self, class: usize, page: &mut Page) {
+        let q = &mut self.bins[class];
+        page.prev = ptr::null_mut();
+        page.next = q.first;
+        if q.first.is_null() {
+            q.last = page;
+        } else {
+            // SAFETY: queued pages are live.
+            unsafe { (*q.first).prev = page };
+        }
+        q.first = page;
+    }
+
+    fn queue_unlink(&mut self, class: usize, page: &mut Page) {
+        let q = &mut self.bins[class];
+        if page.prev.is_null() {
+            q.first = page.next;
+        } else {
+            // SAFETY: queued pages are live.
+            unsafe { (*page.prev).next = page.next };
+        }
+        if page.next.is_null() {
+            q.last = page.prev;
+        } else {
+            // SAFETY: queued pages are live.
+            unsafe { (*page.next).prev = page.prev };
+        }
+        page.next = ptr::null_mut();
+        page.prev = ptr::null_mut();
+    }
+
+    fn queue_move_front(&mut self, class: usize, page: &mut Page) {
+        if !ptr::eq(self.bins[class].first, page) {
+            self.queue_unlink(class, page);
+            self.queue_push_front(class, page);
+        }
+    }
+
+    fn queue_move_back(&mut self, class: usize, page: &mut Page) {
+        if ptr::eq(self.bins[class].last, page) {
+            return;
+        }
+        self.queue_unlink(class, page);
+        let q = &mut self.bins[class];
+        page.prev = q.last;
+        // SAFETY: the queue is non-empty (it held `page` and another page).
+        unsafe { (*q.last).next = page };
+        q.last = page;
+    }
+
+    fn seg_unlink(&mut self, seg: &mut Segment) {
+        seg_unlink(&mut self.segments[seg.kind as usize], seg);
+    }
+
+    fn seg_move_back(&mut self, seg: &mut Segment) {
+        let q = &mut self.segments[seg.kind as usize];
+        if !ptr::eq(q.last, seg) {
+            seg_unlink(q, seg);
+            seg_push_back(q, seg);
+        }
+    }
+}
+
+fn seg_unlink(q: &mut SegQueue, seg: &mut Segment) {
+    if seg.prev.is_null() {
+        q.first = seg.next;
+    } else {
+        // SAFETY: queued segments are live.
+        unsafe { (*seg.prev).next = seg.next };
+    }
+    if seg.next.is_null() {
+        q.last = seg.prev;
+    } else {
+        // SAFETY: queued segments are live.
+        unsafe { (*seg.next).prev = seg.prev };
+    }
+    seg.next = ptr::null_mut();
+    seg.prev = ptr::null_mut();
+}
+
+fn seg_push_back(q: &mut SegQueue, seg: &mut Segment) {
+    seg.next = ptr::null_mut();
+    seg.prev = q.last;
+    if q.last.is_null() {
+        q.first = seg;
+    } else {
+        // SAFETY: queued segments are live.
+        unsafe { (*q.last).next = seg };
+    }
+    q.last = seg;
+}
+
+/// Returns a whole segment (or huge span) to the arena.
+pub fn free_segment(seg: &mut Segment) {
+    seg.unmap();
+    let (base, n, from_mmap) = (seg as *mut Segment as *mut u8, seg.span_segments, seg.from_mmap);
+    // SAFETY: the segment is unreachable now (unmapped from the lookup, out of every queue).
+    unsafe { arena::free_segments(base, n, from_mmap) };
+}
+
+// ---- huge spans: one block of one or more whole segments, owned by no heap ----
+
+/// Allocates a huge block of at least `size` bytes from the arena (always zeroed).
+pub fn alloc_huge(size: usize) -> *mut u8 {
+    let Some(total) = size.checked_add(crate::segment::HEADER_SIZE) else { return ptr::null_mut() };
+    let n = total.div_ceil(crate::segment::SEGMENT_SIZE);
+    if n > (isize::MAX as usize) >> SEGMENT_SHIFT {
+        return ptr::null_mut();
+    }
+    let Some((base, from_mmap)) = arena::alloc_segments(n) else { return ptr::null_mut() };
+    // SAFETY: the arena gave us `n` zeroed, aligned segments.
+    let seg = unsafe { &mut *Segment::init(base, Kind::Huge, n, from_mmap) };
+    let (i, _) = seg.take_page().expect("a new segment has a free page");
+    let (area, len) = seg.page_area(i);
+    let page = &mut seg.pages[i];
+    page.init(0, len, area, 1, true);
+    page.capacity = 1;
+    page.used = 1;
+    stats::flush_in_use(len as isize);
+    area
+}
+
+/// Frees the huge block `b` of `seg` (called by any thread).
+pub fn free_huge(seg: &mut Segment) {
+    let page = &mut seg.pages[0];
+    stats::flush_in_use(-(page.block_size as isize));
+    page.used = 0;
+    free_segment(seg);
+}
+
+/// Marks the page holding the freshly allocated block at `p` as handing out offset
+/// pointers. Called by the block's allocating thread before anyone else knows the block.
+pub fn mark_aligned(p: *mut u8) {
+    let seg = segment::lookup(p);
+    debug_assert!(!seg.is_null());
+    // SAFETY: `p` was just allocated from this segment by the calling thread (or under the
+    // backup heap's lock), so the page descriptor is ours to write.
+    unsafe {
+        let seg = &mut *seg;
+        let i = seg.page_index(p);
+        seg.pages[i].flags |= HAS_ALIGNED;
+    }
+}
+
+// ---- whole-process operations ----
+
+/// Sum of every heap's unflushed in-use bytes.
+pub fn pending_in_use() -> isize {
+    let mut sum = 0;
+    let mut h = ALL_HEAPS.load(Ordering::Acquire);
+    while !h.is_null() {
+        // SAFETY: heaps are never freed, and `pending` and `next_all` are atomics.
+        unsafe {
+            sum += (*h).in_use.pending();
+            h = (*h).next_all.load(Ordering::Acquire);
+        }
+    }
+    sum
+}
+
+/// Asks every heap to give back its kept empty segments (the caller's at once, the others
+/// on their next slow path), adopts abandoned segments that emptied, and releases what the
+/// arena and the large-block cache hold. Returns true if any memory was returned.
+pub fn trim(pad: usize) -> bool {
+    TRIM_EPOCH.fetch_add(1, Ordering::Relaxed);
+    let before = stats::snapshot(0);
+    if let Some(h) = current() {
+        h.trim_epoch = TRIM_EPOCH.load(Ordering::Relaxed);
+        h.release_empty_segments();
+        while ABANDONED_COUNT.load(Ordering::Relaxed) > 0 {
+            if h.reclaim(Kind::Huge).is_none() && ABANDONED.lock().0.first.is_null() {
+                break;
+            }
+        }
+    }
+    let cached = crate::large::flush_cache();
+    let cut = arena::trim(pad);
+    let after = stats::snapshot(0);
+    cached || cut || after.madvise_calls != before.madvise_calls
+}

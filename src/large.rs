@@ -1,0 +1,330 @@
+//! Layer `large`: blocks at or above the mmap threshold, one private anonymous mapping each.
+//!
+//! - A 32-byte header right before the user pointer records the mapping's base and length,
+//!   so any alignment works and `free` needs no other information.
+//! - A registry (an open-addressing hash set of user pointers, in memory from `os`) makes
+//!   classification exact: `free` reads a header only after the registry said the pointer is
+//!   a live large block. A pointer it does not know is foreign, or freed twice.
+//! - realloc grows with `mremap(MREMAP_MAYMOVE)` (the kernel moves page tables, no byte is
+//!   copied) and shrinks in place.
+//! - Freed mappings are kept in a small cache (bounded by the `LargeCache` option) and handed
+//!   out again for requests of about the same size: page faults are the expensive part of a
+//!   large block, and a reused mapping has its pages already.
+
+use crate::lock::Lock;
+use crate::options::{self, Opt};
+use crate::os::{self, PAGE_SIZE};
+use crate::stats;
+use core::ptr;
+
+/// Bytes of header before each large block's user pointer.
+const HEADER: usize = 32;
+
+#[repr(C)]
+struct Header {
+    /// Start of the mapping.
+    base: usize,
+    /// Length of the mapping.
+    len: usize,
+}
+
+/// Cached mappings kept at most.
+const CACHE_SLOTS: usize = 16;
+
+struct Large {
+    /// Open-addressing (linear probing) set of live user pointers; 0 marks an empty slot.
+    table: *mut usize,
+    /// Slots in `table` (a power of two), 0 before the first use.
+    cap: usize,
+    /// Live entries.
+    count: usize,
+    /// Freed mappings (base, len) kept for reuse, oldest first.
+    cache: [(usize, usize); CACHE_SLOTS],
+    ncache: usize,
+    cache_bytes: usize,
+}
+
+// SAFETY: the raw table pointer is only used under the lock that owns the struct.
+unsafe impl Send for Large {}
+
+static LARGE: Lock<Large> = Lock::new(Large {
+    table: ptr::null_mut(),
+    cap: 0,
+    count: 0,
+    cache: [(0, 0); CACHE_SLOTS],
+    ncache: 0,
+    cache_bytes: 0,
+});
+
+fn round_to_page(n: usize) -> Option<usize> {
+    Some(n.checked_add(PAGE_SIZE - 1)? & !(PAGE_SIZE - 1))
+}
+
+/// Offset of the user pointer from the mapping base for alignment `align` (<= page size).
+fn user_offset(align: usize) -> usize {
+    align.max(HEADER)
+}
+
+/// Whether another large mapping may be made (the `MmapMax` option).
+pub fn may_map() -> bool {
+    LARGE.lock().count < options::get(Opt::MmapMax)
+}
+
+/// Allocates a large block of `size` bytes aligned to `align` (a power of two). With `zero`
+/// the block reads as zeros. Null when the kernel refuses.
+pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
+    let (len, off) = if align <= PAGE_SIZE {
+        let off = user_offset(align);
+        let Some(len) = size.checked_add(off).and_then(round_to_page) else { return ptr::null_mut() };
+        (len, off)
+    } else {
+        // Map enough to place an aligned pointer with the header before it.
+        let Some(len) = size.checked_add(align).and_then(|n| n.checked_add(HEADER)).and_then(round_to_page) else {
+            return ptr::null_mut();
+        };
+        (len, 0)
+    };
+    if len > isize::MAX as usize {
+        return ptr::null_mut();
+    }
+    let cached = if align <= PAGE_SIZE { LARGE.lock().cache_take(len) } else { None };
+    let (base, len, fresh) = match cached {
+        Some((b, l)) => (b, l, false),
+        None => {
+            let b = os::mmap_anon(len);
+            if b.is_null() {
+                return ptr::null_mut();
+            }
+            (b as usize, len, true)
+        }
+    };
+    let user = if off != 0 { base + off } else { (base + HEADER + align - 1) & !(align - 1) };
+    // SAFETY: the header lies inside the mapping, before `user`, and the mapping is ours.
+    unsafe { (user as *mut Header).sub(1).write(Header { base, len }) };
+    if !LARGE.lock().insert(user) {
+        // SAFETY: the mapping is ours and nobody saw it.
+        unsafe { os::munmap(base as *mut u8, len) };
+        return ptr::null_mut();
+    }
+    if zero && !fresh {
+        // SAFETY: the user area [user, user+size) lies inside the mapping.
+        unsafe { ptr::write_bytes(user as *mut u8, 0, size) };
+    }
+    stats::flush_in_use(len as isize);
+    user as *mut u8
+}
+
+/// Frees `p` if it is a live large block; false if it is not one (foreign or already freed).
+pub fn free(p: *mut u8) -> bool {
+    let mut l = LARGE.lock();
+    if !l.remove(p as usize) {
+        return false;
+    }
+    // SAFETY: the registry says `p` is a live large block, so its header is ours to read.
+    let h = unsafe { (p as *const Header).sub(1).read() };
+    stats::flush_in_use(-(h.len as isize));
+    if l.cache_put(h.base, h.len) {
+        return true;
+    }
+    drop(l);
+    // SAFETY: the mapping belonged to the block just freed; nothing refers to it.
+    unsafe { os::munmap(h.base as *mut u8, h.len) };
+    true
+}
+
+/// Whether `p` is a live large block.
+pub fn owns(p: *const u8) -> bool {
+    LARGE.lock().find(p as usize).is_some()
+}
+
+/// Usable bytes of the live large block `p`.
+///
+/// # Safety
+/// `p` must be a live large block.
+pub unsafe fn usable_size(p: *const u8) -> usize {
+    // SAFETY: per the contract the header is ours.
+    let h = unsafe { (p as *const Header).sub(1).read() };
+    h.base + h.len - p as usize
+}
+
+/// Resizes the live large block `p` to `new_size` bytes with mremap: grows by moving page
+/// tables (never copying), shrinks in place. Null on failure, with `p` untouched.
+///
+/// # Safety
+/// `p` must be a live large block, whose alignment (if more than 16) is at most a page.
+pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
+    // SAFETY: per the contract the header is ours.
+    let h = unsafe { (p as *const Header).sub(1).read() };
+    let off = p as usize - h.base;
+    let Some(need) = new_size.checked_add(off).and_then(round_to_page) else { return ptr::null_mut() };
+    if need > isize::MAX as usize {
+        return ptr::null_mut();
+    }
+    if need <= h.len && need > h.len / 2 {
+        return p;
+    }
+    let shrink = need <= h.len;
+    // SAFETY: the mapping [base, base+len) is exactly this block's.
+    let q = unsafe { os::mremap(h.base as *mut u8, h.len, need, !shrink) };
+    if q.is_null() {
+        return if shrink { p } else { ptr::null_mut() };
+    }
+    let np = q as usize + off;
+    // SAFETY: the header moved with the mapping and still lies before the user pointer.
+    unsafe { (np as *mut Header).sub(1).write(Header { base: q as usize, len: need }) };
+    stats::flush_in_use(need as isize - h.len as isize);
+    if np != p as usize {
+        let mut l = LARGE.lock();
+        l.remove(p as usize);
+        // The slot freed by the removal guarantees room (no growth needed).
+        l.insert(np);
+    }
+    np as *mut u8
+}
+
+/// Unmaps every cached mapping. Returns true if there was any.
+pub fn flush_cache() -> bool {
+    let mut l = LARGE.lock();
+    let n = l.ncache;
+    let cache = l.cache;
+    l.ncache = 0;
+    l.cache_bytes = 0;
+    drop(l);
+    for &(b, len) in &cache[..n] {
+        // SAFETY: cached mappings belong to no block.
+        unsafe { os::munmap(b as *mut u8, len) };
+    }
+    n > 0
+}
+
+/// Fork support: hold the lock across fork.
+pub fn lock_for_fork() {
+    crate::lock::hold(&LARGE);
+}
+
+/// Fork support: release the lock taken by [`lock_for_fork`].
+///
+/// # Safety
+/// Only after [`lock_for_fork`].
+pub unsafe fn unlock_after_fork() {
+    // SAFETY: per the contract, no guard exists.
+    unsafe { crate::lock::force_unlock(&LARGE) };
+}
+
+impl Large {
+    fn slot(&self, key: usize) -> usize {
+        ((key >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20) & (self.cap - 1)
+    }
+
+    /// Index of `key` in the table.
+    fn find(&self, key: usize) -> Option<usize> {
+        if self.cap == 0 {
+            return None;
+        }
+        let mut i = self.slot(key);
+        loop {
+            // SAFETY: i < cap and the table holds cap slots.
+            let v = unsafe { *self.table.add(i) };
+            if v == key {
+                return Some(i);
+            }
+            if v == 0 {
+                return None;
+            }
+            i = (i + 1) & (self.cap - 1);
+        }
+    }
+
+    /// Adds `key`; false if the table could not grow.
+    fn insert(&mut self, key: usize) -> bool {
+        if (self.count + 1) * 2 > self.cap && !self.grow() {
+            return false;
+        }
+        let mut i = self.slot(key);
+        // SAFETY: i < cap; the load factor stays under 1/2, so an empty slot exists.
+        unsafe {
+            while *self.table.add(i) != 0 {
+                i = (i + 1) & (self.cap - 1);
+            }
+            *self.table.add(i) = key;
+        }
+        self.count += 1;
+        true
+    }
+
+    /// Removes `key` (backward-shift deletion, no tombstones). False if absent.
+    fn remove(&mut self, key: usize) -> bool {
+        let Some(mut hole) = self.find(key) else { return false };
+        let mask = self.cap - 1;
+        let mut i = hole;
+        // SAFETY: every index is masked into the table.
+        unsafe {
+            loop {
+                i = (i + 1) & mask;
+                let v = *self.table.add(i);
+                if v == 0 {
+                    break;
+                }
+                let home = self.slot(v);
+                // Move v into the hole if its home is not cyclically in (hole, i].
+                if (i.wrapping_sub(home) & mask) >= (i.wrapping_sub(hole) & mask) {
+                    *self.table.add(hole) = v;
+                    hole = i;
+                }
+            }
+            *self.table.add(hole) = 0;
+        }
+        self.count -= 1;
+        true
+    }
+
+    fn grow(&mut self) -> bool {
+        let new_cap = (self.cap * 2).max(512);
+        let t = os::mmap_anon(new_cap * size_of::<usize>()).cast::<usize>();
+        if t.is_null() {
+            return false;
+        }
+        let (old, old_cap) = (self.table, self.cap);
+        self.table = t;
+        self.cap = new_cap;
+        self.count = 0;
+        for i in 0..old_cap {
+            // SAFETY: i < old_cap, inside the old table.
+            let v = unsafe { *old.add(i) };
+            if v != 0 {
+                self.insert(v);
+            }
+        }
+        if old_cap != 0 {
+            // SAFETY: the old table is ours and no longer referenced.
+            unsafe { os::munmap(old.cast(), old_cap * size_of::<usize>()) };
+        }
+        true
+    }
+
+    /// Takes the smallest cached mapping of at least `len` and at most 1.5 `len` bytes.
+    fn cache_take(&mut self, len: usize) -> Option<(usize, usize)> {
+        let limit = len + len / 2;
+        let i = (0..self.ncache)
+            .filter(|&i| (len..=limit).contains(&self.cache[i].1))
+            .min_by_key(|&i| self.cache[i].1)?;
+        let e = self.cache[i];
+        self.cache.copy_within(i + 1..self.ncache, i);
+        self.ncache -= 1;
+        self.cache_bytes -= e.1;
+        Some(e)
+    }
+
+    /// Keeps a freed mapping for reuse if the cache has room (evicting nothing: a full cache
+    /// means the program is not reusing what it has). False if the caller must unmap it.
+    fn cache_put(&mut self, base: usize, len: usize) -> bool {
+        let budget = options::get(Opt::LargeCache);
+        if self.ncache == CACHE_SLOTS || self.cache_bytes + len > budget {
+            return false;
+        }
+        self.cache[self.ncache] = (base, len);
+        self.ncache += 1;
+        self.cache_bytes += len;
+        true
+    }
+}

@@ -1,0 +1,457 @@
+//! tidemalloc: a malloc replacement.
+//!
+//! Small requests come from size-classed pages carved out of a brk-backed arena, served by
+//! a heap per thread with lock-free fast paths; requests at or above a tunable threshold
+//! (default 128 KiB) get their own private anonymous mapping, and realloc of those goes
+//! through `mremap`.
+//!
+//! Use it as the global allocator of a Rust program:
+//!
+//! ```
+//! use tidemalloc::TideMalloc;
+//!
+//! #[global_allocator]
+//! static A: TideMalloc = TideMalloc;
+//!
+//! fn main() {
+//!     let v: Vec<u64> = (0..1000).collect();
+//!     assert_eq!(v.iter().sum::<u64>(), 499500);
+//! }
+//! ```
+//!
+//! or, from C, through `libtidemalloc.so` (crate `tidemalloc-ffi`) with `LD_PRELOAD`. The
+//! plain functions here ([`malloc`], [`free`], [`realloc`], ...) are what that crate forwards
+//! to.
+//!
+//! Layers (each calls only those below it): this file (API) → `heap` → `page`, `segment` →
+//! `arena` → `os`; `large` → `os`. Nothing in the allocator allocates through the global
+//! allocator: under `LD_PRELOAD` that would be itself.
+
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+mod arena;
+mod heap;
+mod large;
+mod lock;
+#[doc(hidden)]
+pub mod msg;
+pub mod options;
+mod os;
+mod page;
+mod segment;
+mod size_class;
+mod stats;
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr;
+use core::sync::atomic::Ordering;
+pub use options::{MAX_MMAP_THRESHOLD, Opt};
+pub use os::{errno, set_errno};
+use page::Block;
+use segment::Kind;
+use size_class::{MAX_CLASS_SIZE, class_of};
+pub use stats::Stats;
+
+/// Every block is aligned to at least this.
+pub const MIN_ALIGN: usize = 16;
+/// Largest alignment served from the arena; larger ones get their own mapping.
+const MAX_ARENA_ALIGN: usize = segment::SEGMENT_SIZE / 2;
+/// Largest alignment that a power-of-two size class gives for free (page 0 of a segment
+/// starts after the header).
+const NATURAL_ALIGN: usize = segment::HEADER_SIZE;
+
+/// The global allocator: `#[global_allocator] static A: TideMalloc = TideMalloc;`
+pub struct TideMalloc;
+
+// SAFETY: every method returns blocks of at least the layout's size and alignment that no one
+// else uses, or null; dealloc/realloc accept exactly what alloc returned.
+unsafe impl GlobalAlloc for TideMalloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.align() <= MIN_ALIGN {
+            malloc(layout.size())
+        } else {
+            aligned_alloc(layout.align(), layout.size())
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, p: *mut u8, _layout: Layout) {
+        // SAFETY: the caller passes a block this allocator returned.
+        unsafe { free(p) }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if layout.align() <= MIN_ALIGN {
+            calloc(layout.size())
+        } else {
+            aligned_alloc_zeroed(layout.align(), layout.size())
+        }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if layout.align() <= MIN_ALIGN {
+            // SAFETY: the caller passes a live block of this allocator.
+            unsafe { realloc(p, new_size) }
+        } else {
+            // SAFETY: as above.
+            unsafe { realloc_aligned(p, layout.align(), new_size) }
+        }
+    }
+}
+
+#[inline(always)]
+fn mmap_threshold() -> usize {
+    options::get(Opt::MmapThreshold)
+}
+
+/// Allocates `size` bytes aligned to 16. Null when out of memory.
+#[inline]
+pub fn malloc(size: usize) -> *mut u8 {
+    alloc_impl::<false>(size)
+}
+
+/// Allocates `size` zeroed bytes aligned to 16 (memory known fresh from the OS is not
+/// cleared again). Null when out of memory.
+#[inline]
+pub fn calloc(size: usize) -> *mut u8 {
+    alloc_impl::<true>(size)
+}
+
+#[inline(always)]
+fn alloc_impl<const ZERO: bool>(size: usize) -> *mut u8 {
+    if size <= MAX_CLASS_SIZE && size < mmap_threshold() {
+        if let Some(heap) = heap::current() {
+            let class = class_of(size);
+            let page = heap.bins[class].first;
+            // SAFETY: pages in a heap's queues are live descriptors owned by this thread.
+            if !page.is_null() && unsafe { !(*page).free.is_null() } {
+                // SAFETY: as above.
+                return heap.pop_from(unsafe { &mut *page }, ZERO);
+            }
+            return heap.alloc_slow(class, ZERO);
+        }
+    }
+    alloc_cold(size, ZERO)
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_cold(size: usize, zero: bool) -> *mut u8 {
+    if size >= mmap_threshold() && large::may_map() {
+        return large::alloc(size, MIN_ALIGN, zero);
+    }
+    alloc_arena(size, zero)
+}
+
+/// Allocates from the arena whatever the threshold says: a size class or a huge span.
+fn alloc_arena(size: usize, zero: bool) -> *mut u8 {
+    if size > MAX_CLASS_SIZE {
+        return heap::alloc_huge(size);
+    }
+    let class = class_of(size);
+    heap::with_heap(|h| h.alloc_slow(class, zero)).unwrap_or(ptr::null_mut())
+}
+
+/// Allocates `size` bytes aligned to `align` (a power of two). Null when out of memory or
+/// when `align` is not a power of two.
+pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
+    aligned_impl(align, size, false)
+}
+
+/// Like [`aligned_alloc`], zeroed.
+pub fn aligned_alloc_zeroed(align: usize, size: usize) -> *mut u8 {
+    aligned_impl(align, size, true)
+}
+
+fn aligned_impl(align: usize, size: usize, zero: bool) -> *mut u8 {
+    if !align.is_power_of_two() {
+        return ptr::null_mut();
+    }
+    if align <= MIN_ALIGN {
+        return alloc_impl_dyn(size, zero);
+    }
+    let threshold = mmap_threshold();
+    if size >= threshold || align > MAX_ARENA_ALIGN {
+        if align <= os::PAGE_SIZE || large::may_map() || align > MAX_ARENA_ALIGN {
+            return large::alloc(size, align, zero);
+        }
+    }
+    // A power-of-two class at least as large as the request is naturally aligned.
+    if size <= align && align <= NATURAL_ALIGN && align <= MAX_CLASS_SIZE && align < threshold {
+        return alloc_impl_dyn(align, zero);
+    }
+    let Some(need) = size.checked_add(align - MIN_ALIGN) else { return ptr::null_mut() };
+    if need > MAX_CLASS_SIZE {
+        let b = heap::alloc_huge(need);
+        return offset_block(b, align);
+    }
+    let class = class_of(need);
+    // The flag must be set by the heap's owner (or under the backup lock): do it inside.
+    heap::with_heap(|h| offset_block(h.alloc_slow(class, zero), align)).unwrap_or(ptr::null_mut())
+}
+
+fn alloc_impl_dyn(size: usize, zero: bool) -> *mut u8 {
+    if zero { calloc(size) } else { malloc(size) }
+}
+
+/// Returns `b` rounded up to `align`, marking its page as handing out offset pointers.
+fn offset_block(b: *mut u8, align: usize) -> *mut u8 {
+    if b.is_null() {
+        return b;
+    }
+    let p = (b as usize + align - 1) & !(align - 1);
+    if p != b as usize {
+        heap::mark_aligned(b);
+    }
+    p as *mut u8
+}
+
+/// Frees a block. Null is ignored. A pointer this allocator did not hand out (or a block
+/// freed twice, where detectable) is reported on stderr and the process aborts.
+///
+/// # Safety
+/// `p` must be null or a live block from this allocator.
+#[inline]
+pub unsafe fn free(p: *mut u8) {
+    let seg = segment::lookup(p);
+    if seg.is_null() {
+        return free_cold(p);
+    }
+    // SAFETY: the segment map says a live segment header is at `seg`. Only raw places are
+    // used for the segment, so the page reference below is the only reference into it.
+    let (page, owner) = unsafe {
+        let i = segment::page_index((*seg).kind, p);
+        (&mut *ptr::addr_of_mut!((*seg).pages[i]), (*seg).thread_id.load(Ordering::Relaxed))
+    };
+    let b = page.block_of(p);
+    if owner == os::thread_id() {
+        if b.is_null() || page.used == 0 || b == page.local_free {
+            bad_free(b, p);
+        }
+        // SAFETY: the segment is ours, so its heap is this thread's heap; `b` is a
+        // handed-out block of `page` (checked above).
+        unsafe { (*(*seg).heap).free_local(page, b) };
+    } else {
+        // SAFETY: `seg` is live; `page` is one of its pages.
+        unsafe { free_remote(seg, page, b, p) };
+    }
+}
+
+/// Free by a thread that does not own the block's page.
+///
+/// # Safety
+/// `seg` is a live segment and `page` its page that holds `p`; `b` is `page.block_of(p)`.
+#[inline(never)]
+unsafe fn free_remote(seg: *mut segment::Segment, page: &mut page::Page, b: *mut Block, p: *mut u8) {
+    if b.is_null() {
+        bad_free(b, p);
+    }
+    // SAFETY: `seg` is live (contract); reading its kind does not overlap `page`.
+    if unsafe { (*seg).kind } == Kind::Huge {
+        if page.used != 1 {
+            bad_free(ptr::null_mut(), p);
+        }
+        // SAFETY: the huge block is being freed; `page` is not used after this.
+        return heap::free_huge(unsafe { &mut *seg });
+    }
+    let bs = page.block_size as isize;
+    // SAFETY: `b` is a handed-out block of `page` (validated by block_of).
+    unsafe { page.push_thread(b) };
+    match heap::current() {
+        Some(h) => h.in_use.add(-bs),
+        None => stats::flush_in_use(-bs),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn free_cold(p: *mut u8) {
+    if p.is_null() || large::free(p) {
+        return;
+    }
+    msg::fatal_pointer("free(): invalid pointer", p);
+}
+
+#[cold]
+#[inline(never)]
+fn bad_free(b: *mut Block, p: *mut u8) -> ! {
+    if b.is_null() {
+        msg::fatal_pointer("free(): invalid pointer (not the start of a block)", p);
+    }
+    msg::fatal_pointer("free(): double free detected", p);
+}
+
+/// Usable bytes of the block `p` (at least what was asked for); 0 for null.
+///
+/// # Safety
+/// `p` must be null or a live block from this allocator.
+pub unsafe fn usable_size(p: *const u8) -> usize {
+    if p.is_null() {
+        return 0;
+    }
+    let seg = segment::lookup(p);
+    if !seg.is_null() {
+        // SAFETY: the segment map says a live segment header is at this address.
+        let seg = unsafe { &*seg };
+        let page = &seg.pages[segment::page_index(seg.kind, p)];
+        let b = page.block_of(p as *mut u8);
+        if b.is_null() {
+            msg::fatal_pointer("malloc_usable_size(): invalid pointer", p);
+        }
+        return page.usable_from(b, p as *mut u8);
+    }
+    if large::owns(p) {
+        // SAFETY: `p` is a live large block.
+        return unsafe { large::usable_size(p) };
+    }
+    msg::fatal_pointer("malloc_usable_size(): invalid pointer", p)
+}
+
+/// Whether a block of `usable` bytes should serve `new_size` in place.
+fn fits_in_place(usable: usize, new_size: usize) -> bool {
+    new_size <= usable && new_size >= usable / 2
+}
+
+/// Resizes the block `p` to `new_size` bytes, keeping its contents (up to the smaller size).
+/// `p == null` allocates. Returns null on failure, leaving `p` intact. In place when the
+/// block already fits; large blocks grow with mremap; crossing the threshold copies; a large
+/// block shrunk far below the threshold moves into the arena.
+///
+/// # Safety
+/// `p` must be null or a live block from this allocator (alignment at most 16).
+pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
+    if p.is_null() {
+        return malloc(new_size);
+    }
+    if segment::lookup(p).is_null() {
+        if !large::owns(p) {
+            msg::fatal_pointer("realloc(): invalid pointer", p);
+        }
+        if new_size >= mmap_threshold() / 2 {
+            // SAFETY: `p` is a live large block of alignment <= 16.
+            return unsafe { large::realloc(p, new_size) };
+        }
+    }
+    // SAFETY: `p` is a live block (small, huge, or large being moved into the arena).
+    let usable = unsafe { usable_size(p) };
+    if fits_in_place(usable, new_size) {
+        return p;
+    }
+    // SAFETY: as above.
+    unsafe { move_block(p, usable, malloc(new_size), new_size) }
+}
+
+/// Like [`realloc`] for a block allocated with alignment `align`, which the result keeps.
+///
+/// # Safety
+/// `p` must be a live block from this allocator, allocated with alignment `align`.
+pub unsafe fn realloc_aligned(p: *mut u8, align: usize, new_size: usize) -> *mut u8 {
+    // SAFETY: per the contract.
+    let usable = unsafe { usable_size(p) };
+    if fits_in_place(usable, new_size) {
+        return p;
+    }
+    let is_large = segment::lookup(p).is_null();
+    if is_large && align <= os::PAGE_SIZE && new_size >= mmap_threshold() / 2 {
+        // SAFETY: a live large block whose alignment mremap keeps (it keeps the page offset).
+        return unsafe { large::realloc(p, new_size) };
+    }
+    // SAFETY: per the contract.
+    unsafe { move_block(p, usable, aligned_alloc(align, new_size), new_size) }
+}
+
+/// Copies `p` into `q` and frees `p`; if `q` is null, returns null and keeps `p`.
+///
+/// # Safety
+/// `p` is a live block with `usable` bytes; `q` is null or a fresh block of `new_size` bytes.
+unsafe fn move_block(p: *mut u8, usable: usize, q: *mut u8, new_size: usize) -> *mut u8 {
+    if !q.is_null() {
+        // SAFETY: both blocks are live, distinct, and at least this long.
+        unsafe {
+            ptr::copy_nonoverlapping(p, q, usable.min(new_size));
+            free(p);
+        }
+    }
+    q
+}
+
+// ---- tuning and statistics ----
+
+/// Sets the mmap threshold: requests of at least `bytes` get their own mapping, smaller ones
+/// come from the arena. Any value from 0 to [`MAX_MMAP_THRESHOLD`]; false (no change) beyond.
+pub fn set_mmap_threshold(bytes: usize) -> bool {
+    options::set(Opt::MmapThreshold, bytes)
+}
+
+/// The current mmap threshold.
+pub fn get_mmap_threshold() -> usize {
+    mmap_threshold()
+}
+
+/// Sets a tunable (see [`Opt`]). False (no change) if the value is out of range.
+pub fn set_option(opt: Opt, value: usize) -> bool {
+    options::set(opt, value)
+}
+
+/// The current value of a tunable.
+pub fn get_option(opt: Opt) -> usize {
+    options::get(opt)
+}
+
+/// The counters (see [`Stats`]).
+pub fn stats() -> Stats {
+    stats::snapshot(heap::pending_in_use())
+}
+
+/// Starts a new peak measurement from the current in-use figure.
+pub fn reset_peak() {
+    stats::reset_peak();
+}
+
+/// Returns free memory to the OS (every thread's kept empty segments, the large-block cache,
+/// the free top of the break beyond `pad` bytes). True if any memory was returned.
+pub fn trim(pad: usize) -> bool {
+    heap::trim(pad)
+}
+
+/// The address range of tidemalloc's current run of the program break (start, end).
+pub fn brk_range() -> (usize, usize) {
+    arena::brk_run()
+}
+
+/// Writes the counters to file descriptor `fd`, one `name value` pair per line.
+pub fn write_stats(fd: i32) {
+    use core::fmt::Write as _;
+    let s = stats();
+    let mut b = msg::StackBuf::<1024>::new();
+    let _ = write!(
+        b,
+        "tidemalloc stats:\n  in use         {:>14}\n  peak in use    {:>14}\n  reserved brk   {:>14}\n  reserved mmap  {:>14}\n  brk calls      {:>14}\n  mmap calls     {:>14}\n  munmap calls   {:>14}\n  mremap calls   {:>14}\n  madvise calls  {:>14}\n",
+        s.in_use,
+        s.peak_in_use,
+        s.reserved_brk,
+        s.reserved_mmap,
+        s.brk_calls,
+        s.mmap_calls,
+        s.munmap_calls,
+        s.mremap_calls,
+        s.madvise_calls
+    );
+    os::write_fd(fd, b.as_bytes());
+}
+
+extern "C" fn print_stats_at_exit() {
+    write_stats(2);
+}
+
+/// Called once initialisation is published: registers what needs registering.
+fn after_init() {
+    if options::get(Opt::ShowStats) != 0 {
+        // SAFETY: the handler has the required signature; atexit may allocate, which works
+        // once initialisation is done.
+        unsafe { libc::atexit(print_stats_at_exit) };
+    }
+}

@@ -1,0 +1,140 @@
+//! Tunables: one static table, read once from the environment at initialisation (without
+//! allocating), changeable at run time through the Rust API and `mallopt`.
+//!
+//! Values accept K, M and G suffixes (powers of 1024). A malformed value prints a warning on
+//! stderr and the default stays.
+
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// Which tunable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opt {
+    /// Requests of at least this many bytes get their own mapping (default 128 KiB).
+    MmapThreshold,
+    /// Free memory at the top of the break beyond this is returned by lowering the break.
+    TrimThreshold,
+    /// Extra bytes to ask for each time the break grows (glibc's M_TOP_PAD).
+    TopPad,
+    /// Most large mappings alive at once; beyond it large requests come from the arena.
+    MmapMax,
+    /// Bytes of freed large mappings kept for reuse (saves page faults on large churn).
+    LargeCache,
+    /// Print the counters on stderr at exit when non-zero.
+    ShowStats,
+}
+
+struct Spec {
+    opt: Opt,
+    default: usize,
+    max: usize,
+    env: &'static [u8],
+    glibc_env: &'static [u8],
+}
+
+/// Largest supported mmap threshold: sizes up to here can come from the arena.
+pub const MAX_MMAP_THRESHOLD: usize = 1 << 30;
+
+const SPECS: [Spec; 6] = [
+    Spec { opt: Opt::MmapThreshold, default: 128 << 10, max: MAX_MMAP_THRESHOLD, env: b"TIDEMALLOC_MMAP_THRESHOLD", glibc_env: b"MALLOC_MMAP_THRESHOLD_" },
+    Spec { opt: Opt::TrimThreshold, default: 128 << 10, max: usize::MAX / 2, env: b"TIDEMALLOC_TRIM_THRESHOLD", glibc_env: b"MALLOC_TRIM_THRESHOLD_" },
+    Spec { opt: Opt::TopPad, default: 0, max: 1 << 30, env: b"TIDEMALLOC_TOP_PAD", glibc_env: b"MALLOC_TOP_PAD_" },
+    Spec { opt: Opt::MmapMax, default: 65536, max: usize::MAX / 2, env: b"TIDEMALLOC_MMAP_MAX", glibc_env: b"MALLOC_MMAP_MAX_" },
+    Spec { opt: Opt::LargeCache, default: 64 << 20, max: usize::MAX / 2, env: b"TIDEMALLOC_LARGE_CACHE", glibc_env: b"" },
+    Spec { opt: Opt::ShowStats, default: 0, max: 1, env: b"TIDEMALLOC_SHOW_STATS", glibc_env: b"" },
+];
+
+static VALUES: [AtomicUsize; 6] = [
+    AtomicUsize::new(SPECS[0].default),
+    AtomicUsize::new(SPECS[1].default),
+    AtomicUsize::new(SPECS[2].default),
+    AtomicUsize::new(SPECS[3].default),
+    AtomicUsize::new(SPECS[4].default),
+    AtomicUsize::new(SPECS[5].default),
+];
+
+/// The current value of a tunable.
+#[inline(always)]
+pub fn get(opt: Opt) -> usize {
+    VALUES[opt as usize].load(Relaxed)
+}
+
+/// Sets a tunable. Returns false (and changes nothing) if the value is out of range.
+pub fn set(opt: Opt, value: usize) -> bool {
+    let spec = &SPECS[opt as usize];
+    if value > spec.max {
+        return false;
+    }
+    VALUES[opt as usize].store(value, Relaxed);
+    true
+}
+
+/// Reads every tunable from the environment: the glibc name first, then tidemalloc's own,
+/// which wins when both are set.
+pub(crate) fn load_from_env() {
+    for spec in &SPECS {
+        for name in [spec.glibc_env, spec.env] {
+            if name.is_empty() {
+                continue;
+            }
+            let Some(text) = crate::os::getenv(name) else { continue };
+            match parse_size(text) {
+                Some(v) if v <= spec.max => {
+                    VALUES[spec.opt as usize].store(v, Relaxed);
+                }
+                _ => warn_bad_value(name, text),
+            }
+        }
+    }
+}
+
+#[cold]
+fn warn_bad_value(name: &[u8], text: &[u8]) {
+    let name = core::str::from_utf8(name).unwrap_or("?");
+    let text = core::str::from_utf8(text).unwrap_or("(not UTF-8)");
+    crate::eprint_noalloc!("tidemalloc: warning: ignoring {name}={text}: expected a size like 65536, 64K, 32M or 1G\n");
+}
+
+/// Parses a decimal byte count with an optional K, M or G suffix (powers of 1024, either
+/// case, an optional trailing B or iB). None on anything else or on overflow.
+pub fn parse_size(text: &[u8]) -> Option<usize> {
+    let digits = text.iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let mut n: usize = 0;
+    for &c in &text[..digits] {
+        n = n.checked_mul(10)?.checked_add((c - b'0') as usize)?;
+    }
+    let shift = match &text[digits..] {
+        b"" | b"b" | b"B" => 0,
+        [u, rest @ ..] if matches!(rest, b"" | b"b" | b"B" | b"ib" | b"iB") => match u {
+            b'k' | b'K' => 10,
+            b'm' | b'M' => 20,
+            b'g' | b'G' => 30,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_with_suffixes() {
+        assert_eq!(parse_size(b"0"), Some(0));
+        assert_eq!(parse_size(b"131072"), Some(131072));
+        assert_eq!(parse_size(b"64K"), Some(64 << 10));
+        assert_eq!(parse_size(b"64k"), Some(64 << 10));
+        assert_eq!(parse_size(b"32M"), Some(32 << 20));
+        assert_eq!(parse_size(b"1G"), Some(1 << 30));
+        assert_eq!(parse_size(b"2MiB"), Some(2 << 20));
+        assert_eq!(parse_size(b""), None);
+        assert_eq!(parse_size(b"12X"), None);
+        assert_eq!(parse_size(b"-1"), None);
+        assert_eq!(parse_size(b"99999999999999999999999"), None);
+        assert_eq!(parse_size(b"999999999999G"), None);
+    }
+}

@@ -1,0 +1,227 @@
+//! Layer `os`: every system call tidemalloc makes, and nothing else.
+//!
+//! Invariants:
+//! - No function here allocates (no Rust global allocator, no libc call that may call malloc).
+//! - Every call is counted in [`crate::stats`], so tests can see what the allocator asked of
+//!   the kernel.
+//! - The program break is moved only through glibc's `brk`/`sbrk`, never the raw system
+//!   call: glibc caches the break in `__curbrk`, and its own malloc (still serving C code in a
+//!   Rust program) must see every move we make.
+
+use crate::stats::{self, Counter};
+use core::ptr;
+
+/// The page size this build assumes (x86-64 and aarch64 Linux with 4 KiB pages). Checked
+/// against `sysconf` when the allocator initialises.
+pub const PAGE_SIZE: usize = 4096;
+
+/// The current program break, as glibc knows it.
+pub fn brk_current() -> usize {
+    // SAFETY: sbrk(0) only reads the break; it cannot fail or allocate.
+    unsafe { libc::sbrk(0) as usize }
+}
+
+/// Moves the program break to `addr`. Returns false if the kernel refused (RLIMIT_DATA, a
+/// mapping in the way).
+///
+/// # Safety
+/// Lowering the break unmaps everything above `addr`: the caller must own all of it.
+pub unsafe fn brk_set(addr: usize) -> bool {
+    stats::count(Counter::BrkCalls);
+    // SAFETY: per this function's contract, the memory between `addr` and the current break
+    // (when lowering) belongs to the caller; raising the break touches no existing memory.
+    unsafe { libc::brk(addr as *mut libc::c_void) == 0 }
+}
+
+/// Maps `len` bytes (a multiple of the page size) of fresh, zeroed, private anonymous memory.
+/// Returns null on failure.
+pub fn mmap_anon(len: usize) -> *mut u8 {
+    stats::count(Counter::MmapCalls);
+    // SAFETY: an anonymous private mapping at an address of the kernel's choice cannot alias
+    // any existing memory.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return ptr::null_mut();
+    }
+    stats::add_mmap_bytes(len as isize);
+    p.cast()
+}
+
+/// Maps `len` bytes aligned to `align` (a power of two, at least the page size) by mapping
+/// `len + align` and unmapping the slack on both sides. Returns null on failure.
+pub fn mmap_aligned(len: usize, align: usize) -> *mut u8 {
+    let Some(over) = len.checked_add(align) else {
+        return ptr::null_mut();
+    };
+    let raw = mmap_anon(over);
+    if raw.is_null() {
+        return raw;
+    }
+    let start = raw as usize;
+    let aligned = (start + align - 1) & !(align - 1);
+    let head = aligned - start;
+    let tail = over - head - len;
+    // SAFETY: both slack ranges lie inside the mapping we just made and nobody else knows it.
+    unsafe {
+        if head > 0 {
+            munmap(raw, head);
+        }
+        if tail > 0 {
+            munmap((aligned + len) as *mut u8, tail);
+        }
+    }
+    aligned as *mut u8
+}
+
+/// Unmaps `len` bytes at `p`.
+///
+/// # Safety
+/// `p..p+len` must be a page-aligned range of our own mappings that nothing uses any more.
+pub unsafe fn munmap(p: *mut u8, len: usize) {
+    stats::count(Counter::MunmapCalls);
+    // SAFETY: per the contract, the range is ours and unused.
+    let rc = unsafe { libc::munmap(p.cast(), len) };
+    if rc == 0 {
+        stats::add_mmap_bytes(-(len as isize));
+    }
+}
+
+/// Resizes the mapping at `p` from `old_len` to `new_len` bytes. With `may_move` the kernel
+/// may move it (page tables move, no byte is copied). Returns null on failure, leaving the
+/// old mapping intact.
+///
+/// # Safety
+/// `p..p+old_len` must be exactly one of our own mappings (or a prefix of one).
+pub unsafe fn mremap(p: *mut u8, old_len: usize, new_len: usize, may_move: bool) -> *mut u8 {
+    stats::count(Counter::MremapCalls);
+    let flags = if may_move { libc::MREMAP_MAYMOVE } else { 0 };
+    // SAFETY: per the contract, the mapping is ours; on failure the kernel leaves it as it was.
+    let q = unsafe { libc::mremap(p.cast(), old_len, new_len, flags) };
+    if q == libc::MAP_FAILED {
+        return ptr::null_mut();
+    }
+    stats::add_mmap_bytes(new_len as isize - old_len as isize);
+    q.cast()
+}
+
+/// Tells the kernel the pages of `p..p+len` may be dropped: their next touch faults in zeros.
+///
+/// # Safety
+/// The range must be page aligned, ours, and hold nothing anybody still needs.
+pub unsafe fn madvise_free(p: *mut u8, len: usize) {
+    stats::count(Counter::MadviseCalls);
+    // SAFETY: per the contract, the contents of the range are dead.
+    unsafe { libc::madvise(p.cast(), len, libc::MADV_DONTNEED) };
+}
+
+/// Writes all of `bytes` to stderr with write(2); errors are ignored (there is nowhere to
+/// report them).
+pub fn write_stderr(bytes: &[u8]) {
+    write_fd(2, bytes);
+}
+
+/// Writes all of `bytes` to file descriptor `fd` with write(2), retrying short writes.
+pub fn write_fd(fd: i32, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: the pointer and length describe a live byte slice.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n <= 0 {
+            if n < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+/// Ends the process with SIGABRT, without unwinding and without allocating.
+pub fn abort() -> ! {
+    // SAFETY: abort takes no arguments and never returns.
+    unsafe { libc::abort() }
+}
+
+/// Gives the CPU to another thread (used by locks that found their holder busy).
+pub fn yield_now() {
+    // SAFETY: sched_yield has no preconditions.
+    unsafe { libc::sched_yield() };
+}
+
+/// The calling thread's errno.
+pub fn errno() -> i32 {
+    // SAFETY: __errno_location always returns the calling thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Sets the calling thread's errno.
+pub fn set_errno(value: i32) {
+    // SAFETY: __errno_location always returns the calling thread's errno slot.
+    unsafe { *libc::__errno_location() = value };
+}
+
+/// A number that identifies the calling thread among live threads, never 0: the address of
+/// its thread control block. Costs one instruction; needs no thread-local storage set-up.
+#[inline(always)]
+pub fn thread_id() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let tp: usize;
+        // SAFETY: on x86-64 Linux %fs:0 holds the thread pointer (the TCB's self pointer); the
+        // load has no side effects.
+        unsafe { core::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly, preserves_flags)) };
+        tp
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let tp: usize;
+        // SAFETY: TPIDR_EL0 holds the thread pointer on aarch64 Linux; reading it has no side
+        // effects.
+        unsafe { core::arch::asm!("mrs {}, tpidr_el0", out(reg) tp, options(nostack, nomem, preserves_flags)) };
+        tp
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        // SAFETY: pthread_self has no preconditions and does not allocate.
+        unsafe { libc::pthread_self() as usize }
+    }
+}
+
+/// The system page size, from sysconf.
+pub fn sysconf_page_size() -> usize {
+    // SAFETY: sysconf(_SC_PAGESIZE) has no preconditions and does not allocate.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}
+
+unsafe extern "C" {
+    static environ: *const *const libc::c_char;
+}
+
+/// The value of environment variable `name`, read straight from `environ` without copying
+/// or allocating. Returns None if unset.
+pub fn getenv(name: &[u8]) -> Option<&'static [u8]> {
+    // SAFETY: `environ` is a null-terminated array of NUL-terminated strings set up by libc
+    // before any code runs; we only read it (options are parsed once, at initialisation).
+    unsafe {
+        let mut entry = environ;
+        if entry.is_null() {
+            return None;
+        }
+        while !(*entry).is_null() {
+            let s = core::ffi::CStr::from_ptr(*entry).to_bytes();
+            if s.len() > name.len() && s.starts_with(name) && s[name.len()] == b'=' {
+                return Some(&s[name.len() + 1..]);
+            }
+            entry = entry.add(1);
+        }
+    }
+    None
+}

@@ -1,0 +1,201 @@
+//! Layer `segment`: 4 MiB-aligned segments taken from the arena and cut into pages, and the
+//! lookup from any pointer to its segment.
+//!
+//! A segment's header (this struct, with one descriptor per page) sits at its first byte, so
+//! `p & !(SEGMENT_SIZE - 1)` finds it. Which addresses hold live segment headers is recorded
+//! in a bitmap over the address space (one bit per 4 MiB): `free` consults it before reading
+//! any header, so a foreign pointer is recognised without touching memory that is not ours.
+//!
+//! Kinds: small (64 pages of 64 KiB, blocks up to 8 KiB), medium (8 pages of 512 KiB, blocks
+//! up to 64 KiB), large (one 4 MiB page, blocks up to 512 KiB), and huge (a span of one or
+//! more whole segments holding one block). All pages of a segment belong to one heap, named
+//! by `thread_id`; huge segments belong to nobody (`thread_id == 0`).
+
+use crate::page::Page;
+use core::ptr;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+pub const SEGMENT_SHIFT: u32 = 22;
+pub const SEGMENT_SIZE: usize = 1 << SEGMENT_SHIFT;
+pub const SEGMENT_MASK: usize = SEGMENT_SIZE - 1;
+/// Bytes at the start of each segment taken by its header; page 0's blocks start here.
+pub const HEADER_SIZE: usize = 8 << 10;
+/// Most pages in one segment.
+pub const MAX_PAGES: usize = 64;
+
+/// How a segment is cut into pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Small = 0,
+    Medium = 1,
+    Large = 2,
+    Huge = 3,
+}
+
+/// Kinds a heap keeps per-kind segment lists for (all but huge).
+pub const PAGED_KINDS: usize = 3;
+
+impl Kind {
+    /// log2 of the page size.
+    pub const fn page_shift(self) -> u32 {
+        match self {
+            Kind::Small => 16,
+            Kind::Medium => 19,
+            Kind::Large | Kind::Huge => SEGMENT_SHIFT,
+        }
+    }
+
+    /// The paged kind whose pages hold blocks of `block_size` bytes.
+    pub const fn for_block(block_size: usize) -> Kind {
+        if block_size <= 8 << 10 {
+            Kind::Small
+        } else if block_size <= 64 << 10 {
+            Kind::Medium
+        } else {
+            Kind::Large
+        }
+    }
+}
+
+/// Header of a segment.
+#[repr(C)]
+pub struct Segment {
+    /// Owning thread (`os::thread_id`), 0 for none (huge, or abandoned by an exited thread).
+    pub thread_id: AtomicUsize,
+    /// Owning heap (null when abandoned or huge).
+    pub heap: *mut crate::heap::Heap,
+    pub kind: Kind,
+    /// Came from the mmap fallback rather than the program break.
+    pub from_mmap: bool,
+    /// Number of pages (1 << (SEGMENT_SHIFT - page_shift)).
+    pub page_count: u32,
+    /// Pages in use.
+    pub used_pages: u32,
+    /// Bit i set: page i is free.
+    pub free_mask: u64,
+    /// Bit i set: page i has never been used since the segment came (zeroed) from the arena.
+    pub fresh_mask: u64,
+    /// Length of the span in segments (1 but for huge spans).
+    pub span_segments: usize,
+    /// Links in the owner's list of segments of this kind, or in the abandoned list.
+    pub next: *mut Segment,
+    pub prev: *mut Segment,
+    /// Page descriptors (only `page_count` are meaningful).
+    pub pages: [Page; MAX_PAGES],
+}
+
+const _: () = assert!(core::mem::size_of::<Segment>() <= HEADER_SIZE);
+
+impl Segment {
+    /// Writes a fresh header at `base` (zeroed memory of `span_segments` segments from the
+    /// arena) and returns it.
+    ///
+    /// # Safety
+    /// `base` must be segment aligned, zeroed, and exclusively ours.
+    pub unsafe fn init(base: *mut u8, kind: Kind, span_segments: usize, from_mmap: bool) -> *mut Segment {
+        let seg = base.cast::<Segment>();
+        let page_count = 1u32 << (SEGMENT_SHIFT - kind.page_shift());
+        // SAFETY: the memory is ours and zeroed, which is a valid bit pattern for every field
+        // (null pointers, zero counters, atomics at zero); we set the rest.
+        unsafe {
+            (*seg).kind = kind;
+            (*seg).from_mmap = from_mmap;
+            (*seg).page_count = page_count;
+            (*seg).span_segments = span_segments;
+            let all = if page_count == 64 { u64::MAX } else { (1u64 << page_count) - 1 };
+            (*seg).free_mask = all;
+            (*seg).fresh_mask = all;
+        }
+        map_set(base as usize, true);
+        seg
+    }
+
+    /// Start and end of page `i`'s block area.
+    pub fn page_area(&self, i: usize) -> (*mut u8, usize) {
+        let base = self as *const Segment as usize;
+        let shift = self.kind.page_shift();
+        let start = if i == 0 { base + HEADER_SIZE } else { base + (i << shift) };
+        let end = if self.kind == Kind::Huge {
+            base + self.span_segments * SEGMENT_SIZE
+        } else {
+            base + ((i + 1) << shift)
+        };
+        (start as *mut u8, end - start)
+    }
+
+    /// Index of the page that holds `p`.
+    #[inline(always)]
+    pub fn page_index(&self, p: *const u8) -> usize {
+        page_index(self.kind, p)
+    }
+
+    /// Takes a free page (lowest index) and returns its index, or None if all are in use.
+    pub fn take_page(&mut self) -> Option<(usize, bool)> {
+        if self.free_mask == 0 {
+            return None;
+        }
+        let i = self.free_mask.trailing_zeros() as usize;
+        self.free_mask &= !(1 << i);
+        let fresh = self.fresh_mask & (1 << i) != 0;
+        self.fresh_mask &= !(1 << i);
+        self.used_pages += 1;
+        Some((i, fresh))
+    }
+
+    /// Gives page `i` back to the segment.
+    pub fn release_page(&mut self, i: usize) {
+        self.pages[i].reset();
+        self.free_mask |= 1 << i;
+        self.used_pages -= 1;
+    }
+
+    /// Removes the segment from the lookup map; after this `free` treats pointers into it as
+    /// foreign.
+    pub fn unmap(&self) {
+        map_set(self as *const Segment as usize, false);
+    }
+}
+
+/// Index of the page that holds `p` in a segment of `kind`.
+#[inline(always)]
+pub fn page_index(kind: Kind, p: *const u8) -> usize {
+    ((p as usize) & SEGMENT_MASK) >> kind.page_shift()
+}
+
+/// The segment that would hold `p` (not yet checked to exist).
+#[inline(always)]
+pub fn segment_base(p: *const u8) -> usize {
+    p as usize & !SEGMENT_MASK
+}
+
+// ---- the segment map: one bit per 4 MiB of a 47-bit address space (4 MiB of .bss) ----
+
+const MAP_BITS: usize = 1 << (47 - SEGMENT_SHIFT);
+static SEGMENT_MAP: [AtomicU64; MAP_BITS / 64] = [const { AtomicU64::new(0) }; MAP_BITS / 64];
+
+fn map_set(base: usize, live: bool) {
+    let idx = base >> SEGMENT_SHIFT;
+    debug_assert!(idx < MAP_BITS);
+    let bit = 1u64 << (idx % 64);
+    if live {
+        SEGMENT_MAP[idx / 64].fetch_or(bit, Ordering::Release);
+    } else {
+        SEGMENT_MAP[idx / 64].fetch_and(!bit, Ordering::Release);
+    }
+}
+
+/// The live segment that holds `p`, or null if `p` is not inside the first segment of one
+/// of ours.
+#[inline(always)]
+pub fn lookup(p: *const u8) -> *mut Segment {
+    let idx = (p as usize) >> SEGMENT_SHIFT;
+    if idx >= MAP_BITS {
+        return ptr::null_mut();
+    }
+    let word = SEGMENT_MAP[idx / 64].load(Ordering::Relaxed);
+    if word & (1u64 << (idx % 64)) == 0 {
+        return ptr::null_mut();
+    }
+    segment_base(p) as *mut Segment
+}

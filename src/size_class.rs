@@ -1,0 +1,50 @@
+//! Size classes: 16-byte steps up to 128 bytes, then four classes per power of two (each at
+//! most 25% above the one below), up to 512 KiB. Larger arena requests are huge spans.
+
+/// Number of size classes.
+pub const NCLASSES: usize = 56;
+/// Largest block size served from a size class.
+pub const MAX_CLASS_SIZE: usize = 512 << 10;
+
+/// The size class for a request of `size` bytes (`size <= MAX_CLASS_SIZE`).
+#[inline(always)]
+pub fn class_of(size: usize) -> usize {
+    if size <= 128 {
+        return (size.saturating_sub(1)) >> 4;
+    }
+    let s = size - 1;
+    let msb = usize::BITS - 1 - s.leading_zeros(); // >= 7
+    8 + ((msb - 7) as usize) * 4 + ((s >> (msb - 2)) & 3)
+}
+
+/// Block size of class `c`.
+pub const fn class_size(c: usize) -> usize {
+    if c < 8 {
+        return (c + 1) * 16;
+    }
+    let msb = 7 + (c - 8) / 4;
+    let i = (c - 8) % 4;
+    (1 << msb) + (i + 1) * (1 << (msb - 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_cover_every_size_tightly() {
+        assert_eq!(class_size(NCLASSES - 1), MAX_CLASS_SIZE);
+        for c in 1..NCLASSES {
+            let (lo, hi) = (class_size(c - 1), class_size(c));
+            assert!(hi > lo && hi % 16 == 0);
+            if lo >= 64 {
+                assert!(hi * 4 <= lo * 5, "classes {lo} and {hi} are more than 25% apart");
+            }
+        }
+        for size in 0..=MAX_CLASS_SIZE {
+            let c = class_of(size);
+            assert!(class_size(c) >= size.max(1), "size {size} class {c}");
+            assert!(c == 0 || class_size(c - 1) < size, "size {size} not in its smallest class");
+        }
+    }
+}
