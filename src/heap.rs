@@ -36,6 +36,8 @@ const RECLAIM_LIMIT: usize = 4;
 /// Thread id of the backup heap: no real thread has it, so frees into its pages always take
 /// the cross-thread path.
 const BACKUP_TID: usize = 1;
+/// Empty segments a heap keeps per kind (against alloc/free churn at segment scale).
+const KEEP_EMPTY: usize = 1;
 
 /// Pages of one size class, the one to allocate from first.
 #[derive(Clone, Copy)]
@@ -51,7 +53,9 @@ struct SegQueue {
     last: *mut Segment,
 }
 
-/// A thread's heap.
+const EMPTY_SEGQ: SegQueue = SegQueue { first: ptr::null_mut(), last: ptr::null_mut() };
+
+/// A thread's heap: the owner's private state, touched only by the owning thread.
 #[repr(C)]
 pub struct Heap {
     /// Queues of pages, one per size class (hot: first in the struct).
@@ -60,16 +64,31 @@ pub struct Heap {
     pub thread_id: usize,
     /// Bytes handed out minus bytes given back, not yet flushed to the global figure.
     pub in_use: LocalInUse,
-    /// Segments of each paged kind that this heap owns.
-    segments: [SegQueue; PAGED_KINDS],
-    /// Empty segments kept, per kind.
-    empty: [usize; PAGED_KINDS],
-    /// Trim requests seen (compared with `TRIM_EPOCH`).
-    trim_epoch: usize,
-    /// Next heap ever created (for merging counters); never changes once set.
+    /// The segments this heap owns; a separate object so `trim` can reach it from any thread.
+    segs: *const Lock<HeapSegs>,
+    /// Next heap ever created (for merging counters and trimming); never changes once set.
     next_all: AtomicPtr<Heap>,
     /// Next heap in the pool of recycled heaps.
     next_free: *mut Heap,
+}
+
+/// The segments a heap owns. The owner changes them on slow paths and `trim` releases their
+/// free memory from any thread, both under the lock around this struct.
+pub struct HeapSegs {
+    /// Segments of each paged kind.
+    queues: [SegQueue; PAGED_KINDS],
+    /// Empty segments kept, per kind.
+    empty: [usize; PAGED_KINDS],
+}
+
+// SAFETY: the segments are only touched under the lock that owns the struct.
+unsafe impl Send for HeapSegs {}
+
+/// What one allocation of heap memory holds.
+#[repr(C)]
+struct HeapBox {
+    heap: Heap,
+    segs: Lock<HeapSegs>,
 }
 
 thread_local! {
@@ -104,7 +123,7 @@ static ALL_HEAPS: AtomicPtr<Heap> = AtomicPtr::new(ptr::null_mut());
 struct Abandoned(SegQueue);
 // SAFETY: the segments are only touched under the lock that owns the struct.
 unsafe impl Send for Abandoned {}
-static ABANDONED: Lock<Abandoned> = Lock::new(Abandoned(SegQueue { first: ptr::null_mut(), last: ptr::null_mut() }));
+static ABANDONED: Lock<Abandoned> = Lock::new(Abandoned(EMPTY_SEGQ));
 /// Number of abandoned segments (read without the lock to skip it when zero).
 static ABANDONED_COUNT: AtomicUsize = AtomicUsize::new(0);
 
@@ -112,9 +131,6 @@ struct Backup(*mut Heap);
 // SAFETY: the heap is only touched under the lock that owns the struct.
 unsafe impl Send for Backup {}
 static BACKUP: Lock<Backup> = Lock::new(Backup(ptr::null_mut()));
-
-/// Bumped by `trim`: heaps give back their kept empty segments when they see it change.
-static TRIM_EPOCH: AtomicUsize = AtomicUsize::new(0);
 
 static INIT: AtomicU8 = AtomicU8::new(0);
 const INIT_DONE: u8 = 2;
@@ -208,9 +224,9 @@ impl Meta {
             self.pool = unsafe { (*h).next_free };
             h
         } else {
-            let size = size_of::<Heap>().next_multiple_of(64);
+            let size = size_of::<HeapBox>().next_multiple_of(64);
             if self.chunk_left < size {
-                let len = 64 * size.next_multiple_of(os::PAGE_SIZE);
+                let len = 16 * size.next_multiple_of(os::PAGE_SIZE);
                 self.chunk = os::mmap_anon(len);
                 if self.chunk.is_null() {
                     self.chunk_left = 0;
@@ -218,11 +234,17 @@ impl Meta {
                 }
                 self.chunk_left = len;
             }
-            let h = self.chunk.cast::<Heap>();
+            let b = self.chunk.cast::<HeapBox>();
             // SAFETY: `size` bytes remain in the chunk.
             self.chunk = unsafe { self.chunk.add(size) };
             self.chunk_left -= size;
-            // Zeroed memory is a valid empty heap. Publish it for counter merging.
+            // SAFETY: the box is ours until published; zeroed memory is a valid unlocked lock.
+            let h = unsafe {
+                ptr::addr_of_mut!((*b).segs).write(Lock::new(HeapSegs { queues: [EMPTY_SEGQ; PAGED_KINDS], empty: [0; PAGED_KINDS] }));
+                (*b).heap.segs = ptr::addr_of!((*b).segs);
+                ptr::addr_of_mut!((*b).heap)
+            };
+            // Publish it for counter merging and trimming.
             let mut head = ALL_HEAPS.load(Ordering::Relaxed);
             loop {
                 // SAFETY: `h` is ours until published.
@@ -237,9 +259,6 @@ impl Meta {
         // SAFETY: `h` is an unused heap that only we can see.
         let heap = unsafe { &mut *h };
         heap.bins = [PageQueue { first: ptr::null_mut(), last: ptr::null_mut() }; NCLASSES];
-        heap.segments = [SegQueue { first: ptr::null_mut(), last: ptr::null_mut() }; PAGED_KINDS];
-        heap.empty = [0; PAGED_KINDS];
-        heap.trim_epoch = TRIM_EPOCH.load(Ordering::Relaxed);
         Some(heap)
     }
 }
@@ -259,8 +278,9 @@ extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
 // ---- fork ----
 
 extern "C" fn fork_prepare() {
-    crate::lock::hold(&META);
+    // The same order as everywhere else: backup heap, heap memory, abandoned list, arena.
     crate::lock::hold(&BACKUP);
+    crate::lock::hold(&META);
     crate::lock::hold(&ABANDONED);
     arena::lock_for_fork();
     crate::large::lock_for_fork();
@@ -284,21 +304,26 @@ unsafe fn release_fork_locks() {
         crate::large::unlock_after_fork();
         arena::unlock_after_fork();
         crate::lock::force_unlock(&ABANDONED);
-        crate::lock::force_unlock(&BACKUP);
         crate::lock::force_unlock(&META);
+        crate::lock::force_unlock(&BACKUP);
     }
 }
 
 // ---- allocation ----
 
 impl Heap {
+    /// The segment side of this heap.
+    fn segs(&self) -> &'static Lock<HeapSegs> {
+        // SAFETY: set at creation to the lock beside the heap, which lives forever.
+        unsafe { &*self.segs }
+    }
+
     /// Slow path of small allocation: finds a page of `class` with a free block and pops it.
     /// With `zero` the block reads as zeros. Null when out of memory.
     #[cold]
     #[inline(never)]
     pub fn alloc_slow(&mut self, class: usize, zero: bool) -> *mut u8 {
         self.in_use.flush();
-        self.check_trim_request();
         let Some(page) = self.find_page(class) else { return ptr::null_mut() };
         self.pop_from(page, zero)
     }
@@ -349,15 +374,16 @@ impl Heap {
     fn fresh_page(&mut self, class: usize) -> Option<&'static mut Page> {
         let bs = class_size(class);
         let kind = Kind::for_block(bs);
-        let seg = self.segment_with_free_page(kind)?;
-        let was_empty = seg.used_pages == 0;
-        let (i, fresh) = seg.take_page()?;
-        if was_empty {
-            self.empty[kind as usize] -= 1;
-        }
-        if seg.free_mask == 0 {
-            self.seg_move_back(seg);
-        }
+        let mut segs = self.segs().lock();
+        let seg = match segs.with_free_page(kind) {
+            Some(seg) => seg,
+            None => match self.reclaim(&mut segs, kind) {
+                Some(seg) => seg,
+                None => segs.new_segment(kind, self)?,
+            },
+        };
+        let (i, fresh) = segs.take_page(seg)?;
+        drop(segs);
         let (area, len) = seg.page_area(i);
         let page = &mut seg.pages[i];
         page.init(class as u8, bs, area, len / bs, fresh);
@@ -366,86 +392,38 @@ impl Heap {
         Some(unsafe { &mut *(page as *mut Page) })
     }
 
-    /// A segment of `kind` with a free page: our own, an adopted one, or a new one.
-    fn segment_with_free_page(&mut self, kind: Kind) -> Option<&'static mut Segment> {
-        let first = self.segments[kind as usize].first;
-        // SAFETY: segments in our queues are live and ours.
-        if !first.is_null() && unsafe { (*first).free_mask } != 0 {
-            // SAFETY: as above.
-            return Some(unsafe { &mut *first });
-        }
-        if let Some(seg) = self.reclaim(kind) {
-            return Some(seg);
-        }
-        let (base, from_mmap) = arena::alloc_segments(1)?;
-        // SAFETY: the arena gave us a zeroed, aligned segment.
-        let seg = unsafe { &mut *Segment::init(base, kind, 1, from_mmap) };
-        self.adopt_segment(seg);
-        self.empty[kind as usize] += 1;
-        Some(seg)
-    }
-
-    /// Makes `seg` ours and queues it (front if it has a free page).
-    fn adopt_segment(&mut self, seg: &mut Segment) {
-        seg.heap = self;
-        seg.thread_id.store(self.thread_id, Ordering::Release);
-        let q = &mut self.segments[seg.kind as usize];
-        seg.prev = ptr::null_mut();
-        if seg.free_mask != 0 || q.first.is_null() {
-            seg.next = q.first;
-            if q.first.is_null() {
-                q.last = seg;
-            } else {
-                // SAFETY: queued segments are live.
-                unsafe { (*q.first).prev = seg };
-            }
-            q.first = seg;
-        } else {
-            seg.next = ptr::null_mut();
-            seg.prev = q.last;
-            // SAFETY: queued segments are live; q.last is non-null here.
-            unsafe { (*q.last).next = seg };
-            q.last = seg;
-        }
-    }
-
-    /// Adopts segments abandoned by exited threads (a few at most); returns one of `kind`
-    /// with a free page if it found one.
-    fn reclaim(&mut self, kind: Kind) -> Option<&'static mut Segment> {
+    /// Adopts segments abandoned by exited threads (a few at most) into `segs`, queueing
+    /// their pages in our bins; returns one of `kind` with a free page if it found one.
+    fn reclaim(&mut self, segs: &mut HeapSegs, kind: Kind) -> Option<&'static mut Segment> {
         for _ in 0..RECLAIM_LIMIT {
             if ABANDONED_COUNT.load(Ordering::Relaxed) == 0 {
                 return None;
             }
-            let seg = {
-                let mut a = ABANDONED.try_lock()?;
-                let s = a.0.first;
-                if s.is_null() {
-                    return None;
-                }
-                // SAFETY: segments on the abandoned list are live and owned by the list.
-                unsafe { seg_unlink(&mut a.0, &mut *s) };
-                ABANDONED_COUNT.fetch_sub(1, Ordering::Relaxed);
-                // SAFETY: as above; now ours.
-                unsafe { &mut *s }
-            };
-            self.adopt_segment(seg);
+            let seg = pop_abandoned()?;
+            // Collect what other threads freed while the segment had no owner.
+            let mut live = 0u64;
             for i in 0..seg.page_count as usize {
                 let page = &mut seg.pages[i];
-                if !page.in_use() {
-                    continue;
-                }
-                page.collect_thread_free();
-                if page.used == 0 {
-                    self.release_page(seg, i);
-                } else {
-                    let class = page.class as usize;
-                    self.queue_push_front(class, page);
+                if page.in_use() {
+                    page.collect_thread_free();
+                    if page.used == 0 {
+                        seg.release_page(i);
+                    } else {
+                        live |= 1 << i;
+                    }
                 }
             }
             if seg.used_pages == 0 {
-                self.empty[seg.kind as usize] += 1;
-                self.maybe_free_empty_segment(seg);
+                free_segment(seg);
                 continue;
+            }
+            segs.adopt(seg, self);
+            while live != 0 {
+                let i = live.trailing_zeros() as usize;
+                live &= live - 1;
+                let page = &mut seg.pages[i];
+                let class = page.class as usize;
+                self.queue_push_front(class, page);
             }
             if seg.kind == kind && seg.free_mask != 0 {
                 return Some(seg);
@@ -488,60 +466,13 @@ impl Heap {
         // SAFETY: the page's segment is live and ours.
         let seg = unsafe { &mut *(segment::segment_base(area) as *mut Segment) };
         let i = seg.page_index(area);
-        self.release_page(seg, i);
-        if seg.used_pages == 0 {
-            self.empty[seg.kind as usize] += 1;
-            self.maybe_free_empty_segment(seg);
-        }
-    }
-
-    /// Gives page `i` back to `seg`, requeueing the segment at the front if it was full.
-    fn release_page(&mut self, seg: &mut Segment, i: usize) {
-        let was_full = seg.free_mask == 0;
-        seg.release_page(i);
-        if was_full {
-            self.seg_unlink(seg);
-            self.adopt_segment(seg);
-        }
-    }
-
-    /// Keeps at most one empty segment per kind; frees the rest to the arena.
-    fn maybe_free_empty_segment(&mut self, seg: &mut Segment) {
-        if self.empty[seg.kind as usize] > 1 {
-            self.empty[seg.kind as usize] -= 1;
-            self.seg_unlink(seg);
-            free_segment(seg);
-        }
-    }
-
-    /// Gives every kept empty segment back to the arena.
-    pub fn release_empty_segments(&mut self) {
-        for k in 0..PAGED_KINDS {
-            let mut s = self.segments[k].first;
-            while !s.is_null() && self.empty[k] > 0 {
-                // SAFETY: segments in our queues are live and ours.
-                let seg = unsafe { &mut *s };
-                s = seg.next;
-                if seg.used_pages == 0 {
-                    self.empty[k] -= 1;
-                    self.seg_unlink(seg);
-                    free_segment(seg);
-                }
-            }
-        }
-    }
-
-    fn check_trim_request(&mut self) {
-        let e = TRIM_EPOCH.load(Ordering::Relaxed);
-        if e != self.trim_epoch {
-            self.trim_epoch = e;
-            self.release_empty_segments();
-        }
+        self.segs().lock().release_page(seg, i);
     }
 
     /// Thread exit: collects every page, frees what is empty, abandons the rest.
     fn abandon(&mut self) {
         self.in_use.flush();
+        let mut segs = self.segs().lock();
         for class in 0..NCLASSES {
             let mut p = self.bins[class].first;
             while !p.is_null() {
@@ -550,35 +481,18 @@ impl Heap {
                 p = page.next;
                 page.collect_thread_free();
                 if page.used == 0 {
-                    let seg = segment::segment_base(page.area) as *mut Segment;
                     // SAFETY: the page's segment is live and ours.
-                    let seg = unsafe { &mut *seg };
+                    let seg = unsafe { &mut *(segment::segment_base(page.area) as *mut Segment) };
                     let i = seg.page_index(page.area);
-                    self.release_page(seg, i);
+                    segs.release_page(seg, i);
                 }
             }
             self.bins[class] = PageQueue { first: ptr::null_mut(), last: ptr::null_mut() };
         }
-        for k in 0..PAGED_KINDS {
-            while !self.segments[k].first.is_null() {
-                // SAFETY: segments in our queues are live and ours.
-                let seg = unsafe { &mut *self.segments[k].first };
-                self.seg_unlink(seg);
-                if seg.used_pages == 0 {
-                    free_segment(seg);
-                    continue;
-                }
-                seg.heap = ptr::null_mut();
-                seg.thread_id.store(0, Ordering::Release);
-                let mut a = ABANDONED.lock();
-                seg_push_back(&mut a.0, seg);
-                ABANDONED_COUNT.fetch_add(1, Ordering::Relaxed);
-            }
-            self.empty[k] = 0;
-        }
+        segs.abandon_all();
     }
 
-    // ---- queue plumbing ----
+    // ---- page queue plumbing ----
 
     fn queue_push_front(&mut self, class: usize, page: &mut Page) {
         let q = &mut self.bins[class];
@@ -629,18 +543,158 @@ impl Heap {
         unsafe { (*q.last).next = page };
         q.last = page;
     }
+}
 
-    fn seg_unlink(&mut self, seg: &mut Segment) {
-        seg_unlink(&mut self.segments[seg.kind as usize], seg);
+impl HeapSegs {
+    /// The first segment of `kind` if it has a free page (segments with free pages come
+    /// first).
+    fn with_free_page(&mut self, kind: Kind) -> Option<&'static mut Segment> {
+        let first = self.queues[kind as usize].first;
+        // SAFETY: segments in our queues are live and ours.
+        (!first.is_null() && unsafe { (*first).free_mask } != 0).then(|| unsafe { &mut *first })
     }
 
-    fn seg_move_back(&mut self, seg: &mut Segment) {
-        let q = &mut self.segments[seg.kind as usize];
-        if !ptr::eq(q.last, seg) {
+    /// A new, empty segment of `kind` from the arena, owned by `heap`.
+    fn new_segment(&mut self, kind: Kind, heap: &mut Heap) -> Option<&'static mut Segment> {
+        let (base, from_mmap) = arena::alloc_segments(1)?;
+        // SAFETY: the arena gave us a zeroed, aligned segment.
+        let seg = unsafe { &mut *Segment::init(base, kind, 1, from_mmap) };
+        // No other segment of this kind has a free page, so none is empty: adopting keeps it.
+        self.adopt(seg, heap);
+        Some(seg)
+    }
+
+    /// Takes the lowest free page of `seg`: its index and whether its memory is still fresh.
+    fn take_page(&mut self, seg: &mut Segment) -> Option<(usize, bool)> {
+        if seg.used_pages == 0 {
+            self.empty[seg.kind as usize] -= 1;
+        }
+        let taken = seg.take_page()?;
+        if seg.free_mask == 0 {
+            let q = &mut self.queues[seg.kind as usize];
             seg_unlink(q, seg);
             seg_push_back(q, seg);
         }
+        Some(taken)
     }
+
+    /// Makes `seg` belong to `heap` and queues it (front if it has a free page).
+    fn adopt(&mut self, seg: &mut Segment, heap: &mut Heap) {
+        seg.heap = heap;
+        seg.thread_id.store(heap.thread_id, Ordering::Release);
+        let q = &mut self.queues[seg.kind as usize];
+        if seg.free_mask != 0 {
+            seg_push_front(q, seg);
+        } else {
+            seg_push_back(q, seg);
+        }
+        if seg.used_pages == 0 {
+            self.empty[seg.kind as usize] += 1;
+            self.trim_empty(KEEP_EMPTY);
+        }
+    }
+
+    /// Gives page `i` back to `seg`; a segment left empty is kept or freed.
+    fn release_page(&mut self, seg: &mut Segment, i: usize) {
+        let was_full = seg.free_mask == 0;
+        seg.release_page(i);
+        let q = &mut self.queues[seg.kind as usize];
+        if was_full {
+            seg_unlink(q, seg);
+            seg_push_front(q, seg);
+        }
+        if seg.used_pages == 0 {
+            self.empty[seg.kind as usize] += 1;
+            self.trim_empty(KEEP_EMPTY);
+        }
+    }
+
+    /// Frees empty segments until at most `keep` per kind remain. True if any was freed.
+    fn trim_empty(&mut self, keep: usize) -> bool {
+        let mut freed = false;
+        for k in 0..PAGED_KINDS {
+            let mut s = self.queues[k].first;
+            while !s.is_null() && self.empty[k] > keep {
+                // SAFETY: segments in our queues are live and ours.
+                let seg = unsafe { &mut *s };
+                s = seg.next;
+                if seg.used_pages == 0 {
+                    self.empty[k] -= 1;
+                    seg_unlink(&mut self.queues[k], seg);
+                    free_segment(seg);
+                    freed = true;
+                }
+            }
+        }
+        freed
+    }
+
+    /// Releases the memory of every free page (madvise) and every empty segment. True if
+    /// anything was released.
+    fn trim(&mut self) -> bool {
+        let mut released = self.trim_empty(0);
+        for k in 0..PAGED_KINDS {
+            let mut s = self.queues[k].first;
+            while !s.is_null() {
+                // SAFETY: segments in our queues are live and ours (we hold their lock).
+                let seg = unsafe { &mut *s };
+                s = seg.next;
+                released |= release_free_pages(seg);
+            }
+        }
+        released
+    }
+
+    /// Thread exit: frees empty segments and abandons the others.
+    fn abandon_all(&mut self) {
+        for k in 0..PAGED_KINDS {
+            while !self.queues[k].first.is_null() {
+                // SAFETY: segments in our queues are live and ours.
+                let seg = unsafe { &mut *self.queues[k].first };
+                seg_unlink(&mut self.queues[k], seg);
+                if seg.used_pages == 0 {
+                    free_segment(seg);
+                    continue;
+                }
+                seg.heap = ptr::null_mut();
+                seg.thread_id.store(0, Ordering::Release);
+                seg_push_back(&mut ABANDONED.lock().0, seg);
+                ABANDONED_COUNT.fetch_add(1, Ordering::Relaxed);
+            }
+            self.empty[k] = 0;
+        }
+    }
+}
+
+/// Releases (madvise) the memory of the free pages of `seg` that have been used; they count
+/// as fresh (zeroed) again. The caller must own `seg`'s page bookkeeping (its heap's segment
+/// lock, or the abandoned list's lock). True if any page was released.
+fn release_free_pages(seg: &mut Segment) -> bool {
+    let dirty = seg.free_mask & !seg.fresh_mask;
+    let mut bits = dirty;
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        let (area, len) = seg.page_area(i);
+        // SAFETY: a free page holds no live block; its memory is ours and unused.
+        unsafe { os::madvise_free(area, len) };
+    }
+    seg.fresh_mask |= dirty;
+    dirty != 0
+}
+
+/// Takes the first segment off the abandoned list (None if empty or the lock is busy).
+fn pop_abandoned() -> Option<&'static mut Segment> {
+    let mut a = ABANDONED.try_lock()?;
+    let s = a.0.first;
+    if s.is_null() {
+        return None;
+    }
+    // SAFETY: segments on the abandoned list are live and owned by the list.
+    unsafe { seg_unlink(&mut a.0, &mut *s) };
+    ABANDONED_COUNT.fetch_sub(1, Ordering::Relaxed);
+    // SAFETY: as above; now the caller's.
+    Some(unsafe { &mut *s })
 }
 
 fn seg_unlink(q: &mut SegQueue, seg: &mut Segment) {
@@ -670,6 +724,18 @@ fn seg_push_back(q: &mut SegQueue, seg: &mut Segment) {
         unsafe { (*q.last).next = seg };
     }
     q.last = seg;
+}
+
+fn seg_push_front(q: &mut SegQueue, seg: &mut Segment) {
+    seg.prev = ptr::null_mut();
+    seg.next = q.first;
+    if q.first.is_null() {
+        q.last = seg;
+    } else {
+        // SAFETY: queued segments are live.
+        unsafe { (*q.first).prev = seg };
+    }
+    q.first = seg;
 }
 
 /// Returns a whole segment (or huge span) to the arena.
@@ -740,23 +806,54 @@ pub fn pending_in_use() -> isize {
     sum
 }
 
-/// Asks every heap to give back its kept empty segments (the caller's at once, the others
-/// on their next slow path), adopts abandoned segments that emptied, and releases what the
-/// arena and the large-block cache hold. Returns true if any memory was returned.
+/// Returns free memory to the OS: every heap's empty segments and free pages (the calling
+/// thread's and, where their lock is free, every other thread's), the free parts of
+/// abandoned segments, the large-block cache, and the free top of the break beyond `pad`
+/// bytes. Returns true if any memory was returned.
 pub fn trim(pad: usize) -> bool {
-    TRIM_EPOCH.fetch_add(1, Ordering::Relaxed);
-    let before = stats::snapshot(0);
-    if let Some(h) = current() {
-        h.trim_epoch = TRIM_EPOCH.load(Ordering::Relaxed);
-        h.release_empty_segments();
-        while ABANDONED_COUNT.load(Ordering::Relaxed) > 0 {
-            if h.reclaim(Kind::Huge).is_none() && ABANDONED.lock().0.first.is_null() {
-                break;
+    let mut released = false;
+    let mut h = ALL_HEAPS.load(Ordering::Acquire);
+    while !h.is_null() {
+        // SAFETY: heaps are never freed; `segs` and `next_all` never change after creation,
+        // and the segment side is only touched under its lock.
+        let (segs, next) = unsafe { (&*(*h).segs, (*h).next_all.load(Ordering::Acquire)) };
+        if let Some(mut s) = segs.try_lock() {
+            released |= s.trim();
+        }
+        h = next;
+    }
+    released |= trim_abandoned();
+    released |= crate::large::flush_cache();
+    released |= arena::trim(pad);
+    released
+}
+
+/// Collects the abandoned segments: frees the empty ones, releases free pages of the rest.
+fn trim_abandoned() -> bool {
+    let mut a = ABANDONED.lock();
+    let mut released = false;
+    let mut s = a.0.first;
+    while !s.is_null() {
+        // SAFETY: segments on the abandoned list are live and owned by the list (locked).
+        let seg = unsafe { &mut *s };
+        s = seg.next;
+        for i in 0..seg.page_count as usize {
+            let page = &mut seg.pages[i];
+            if page.in_use() {
+                page.collect_thread_free();
+                if page.used == 0 {
+                    seg.release_page(i);
+                }
             }
         }
+        if seg.used_pages == 0 {
+            seg_unlink(&mut a.0, seg);
+            ABANDONED_COUNT.fetch_sub(1, Ordering::Relaxed);
+            free_segment(seg);
+            released = true;
+        } else {
+            released |= release_free_pages(seg);
+        }
     }
-    let cached = crate::large::flush_cache();
-    let cut = arena::trim(pad);
-    let after = stats::snapshot(0);
-    cached || cut || after.madvise_calls != before.madvise_calls
+    released
 }

@@ -197,6 +197,11 @@ pub fn flush_cache() -> bool {
     n > 0
 }
 
+/// Live large blocks.
+pub fn live_count() -> usize {
+    LARGE.lock().count
+}
+
 /// Fork support: hold the lock across fork.
 pub fn lock_for_fork() {
     crate::lock::hold(&LARGE);

@@ -43,6 +43,7 @@ mod size_class;
 mod stats;
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::fmt::Write as _;
 use core::ptr;
 use core::sync::atomic::Ordering;
 pub use options::{MAX_MMAP_THRESHOLD, Opt};
@@ -403,7 +404,7 @@ pub fn get_option(opt: Opt) -> usize {
 
 /// The counters (see [`Stats`]).
 pub fn stats() -> Stats {
-    stats::snapshot(heap::pending_in_use())
+    Stats { large_blocks: large::live_count(), ..stats::snapshot(heap::pending_in_use()) }
 }
 
 /// Starts a new peak measurement from the current in-use figure.
@@ -424,12 +425,11 @@ pub fn brk_range() -> (usize, usize) {
 
 /// Writes the counters to file descriptor `fd`, one `name value` pair per line.
 pub fn write_stats(fd: i32) {
-    use core::fmt::Write as _;
     let s = stats();
     let mut b = msg::StackBuf::<1024>::new();
     let _ = write!(
         b,
-        "tidemalloc stats:\n  in use         {:>14}\n  peak in use    {:>14}\n  reserved brk   {:>14}\n  reserved mmap  {:>14}\n  brk calls      {:>14}\n  mmap calls     {:>14}\n  munmap calls   {:>14}\n  mremap calls   {:>14}\n  madvise calls  {:>14}\n",
+        "tidemalloc stats:\n  in use         {:>14}\n  peak in use    {:>14}\n  reserved brk   {:>14}\n  reserved mmap  {:>14}\n  brk calls      {:>14}\n  mmap calls     {:>14}\n  munmap calls   {:>14}\n  mremap calls   {:>14}\n  madvise calls  {:>14}\n  large blocks   {:>14}\n",
         s.in_use,
         s.peak_in_use,
         s.reserved_brk,
@@ -438,9 +438,30 @@ pub fn write_stats(fd: i32) {
         s.mmap_calls,
         s.munmap_calls,
         s.mremap_calls,
-        s.madvise_calls
+        s.madvise_calls,
+        s.large_blocks
     );
     os::write_fd(fd, b.as_bytes());
+}
+
+/// Writes the counters as XML in the shape of glibc's `malloc_info`.
+pub fn format_info_xml<W: core::fmt::Write>(out: &mut W) {
+    let s = stats();
+    let _ = write!(
+        out,
+        "<malloc version=\"tidemalloc-1\">\n<heap nr=\"0\">\n<sizes>\n</sizes>\n<total type=\"fast\" count=\"0\" size=\"0\"/>\n<total type=\"rest\" count=\"0\" size=\"{free}\"/>\n<system type=\"current\" size=\"{brk}\"/>\n<system type=\"max\" size=\"{brk}\"/>\n<aspace type=\"total\" size=\"{brk}\"/>\n<aspace type=\"mprotect\" size=\"{brk}\"/>\n</heap>\n<total type=\"fast\" count=\"0\" size=\"0\"/>\n<total type=\"rest\" count=\"0\" size=\"{free}\"/>\n<total type=\"mmap\" count=\"{nmmap}\" size=\"{mmap}\"/>\n<system type=\"current\" size=\"{brk}\"/>\n<system type=\"max\" size=\"{brk}\"/>\n<aspace type=\"total\" size=\"{brk}\"/>\n<aspace type=\"mprotect\" size=\"{brk}\"/>\n<tidemalloc in_use=\"{in_use}\" peak_in_use=\"{peak}\" brk_calls=\"{b}\" mmap_calls=\"{m}\" munmap_calls=\"{u}\" mremap_calls=\"{r}\" madvise_calls=\"{a}\"/>\n</malloc>\n",
+        free = (s.reserved_brk + s.reserved_mmap).saturating_sub(s.in_use),
+        brk = s.reserved_brk,
+        nmmap = s.large_blocks,
+        mmap = s.reserved_mmap,
+        in_use = s.in_use,
+        peak = s.peak_in_use,
+        b = s.brk_calls,
+        m = s.mmap_calls,
+        u = s.munmap_calls,
+        r = s.mremap_calls,
+        a = s.madvise_calls,
+    );
 }
 
 extern "C" fn print_stats_at_exit() {

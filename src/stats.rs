@@ -84,6 +84,8 @@ pub struct Stats {
     pub reserved_brk: usize,
     /// Bytes of live anonymous mappings made by tidemalloc (large blocks, fallback segments).
     pub reserved_mmap: usize,
+    /// Live large blocks (each its own mapping).
+    pub large_blocks: usize,
     /// Number of brk calls that moved or tried to move the break.
     pub brk_calls: usize,
     /// Number of mmap calls.
@@ -105,6 +107,7 @@ pub(crate) fn snapshot(pending: isize) -> Stats {
         peak_in_use: (PEAK.load(Relaxed).max(0) as usize).max(in_use),
         reserved_brk: BRK_BYTES.load(Relaxed).max(0) as usize,
         reserved_mmap: MMAP_BYTES.load(Relaxed).max(0) as usize,
+        large_blocks: 0,
         brk_calls: c(Counter::BrkCalls),
         mmap_calls: c(Counter::MmapCalls),
         munmap_calls: c(Counter::MunmapCalls),
