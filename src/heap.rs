@@ -140,11 +140,15 @@ static KEY: AtomicU32 = AtomicU32::new(0);
 
 /// One-time set-up: options, the thread-exit key, fork handlers. Nothing here allocates
 /// through malloc before `INIT_DONE` is published; what follows it may.
-#[cold]
-fn ensure_init() {
-    if INIT.load(Ordering::Acquire) == INIT_DONE {
-        return;
+#[inline]
+pub fn ensure_init() {
+    if INIT.load(Ordering::Acquire) != INIT_DONE {
+        init_slow();
     }
+}
+
+#[cold]
+fn init_slow() {
     if INIT.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
         while INIT.load(Ordering::Acquire) != INIT_DONE {
             os::yield_now();

@@ -141,6 +141,9 @@ fn alloc_impl<const ZERO: bool>(size: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn alloc_cold(size: usize, zero: bool) -> *mut u8 {
+    // The first call of a thread lands here: make sure the options are read before the
+    // threshold decides anything.
+    heap::ensure_init();
     if size >= mmap_threshold() && large::may_map() {
         return large::alloc(size, MIN_ALIGN, zero);
     }
@@ -174,11 +177,10 @@ fn aligned_impl(align: usize, size: usize, zero: bool) -> *mut u8 {
     if align <= MIN_ALIGN {
         return alloc_impl_dyn(size, zero);
     }
+    heap::ensure_init();
     let threshold = mmap_threshold();
-    if size >= threshold || align > MAX_ARENA_ALIGN {
-        if align <= os::PAGE_SIZE || large::may_map() || align > MAX_ARENA_ALIGN {
-            return large::alloc(size, align, zero);
-        }
+    if align > MAX_ARENA_ALIGN || (size >= threshold && large::may_map()) {
+        return large::alloc(size, align, zero);
     }
     // A power-of-two class at least as large as the request is naturally aligned.
     if size <= align && align <= NATURAL_ALIGN && align <= MAX_CLASS_SIZE && align < threshold {
