@@ -7,23 +7,29 @@
 //!   run starts there. The break is only lowered when it still ends exactly at our top, so it
 //!   never drops below memory that is not ours.
 //! - When brk cannot grow, segments come from aligned anonymous mappings; when that fails too
-//!   the request fails and nothing else changes.
-//! - Free segments are kept in an address-ordered list of spans (coalesced), always zeroed:
-//!   each freed segment is either cut off by lowering the break (free top beyond the trim
-//!   threshold) or released with madvise, so RSS follows the live set. Segments from the mmap
-//!   fallback are unmapped when freed.
+//!   the request fails and nothing else changes. Fallback segments are unmapped when freed.
+//! - Free segments are kept in an address-ordered list of spans. A freed segment stays
+//!   *dirty* (its pages still resident) for the purge delay, so a program that frees and
+//!   allocates again reuses it without page faults; after the delay, or when dirty memory
+//!   exceeds its cap, it is *purged*: cut off by lowering the break when it is the free top
+//!   (beyond the trim threshold), released with madvise otherwise. RSS thus follows the live
+//!   set within the delay. Purging runs on arena operations and on heaps' slow paths.
 
 use crate::lock::Lock;
 use crate::options::{self, Opt};
 use crate::os;
 use crate::segment::{SEGMENT_SHIFT, SEGMENT_SIZE};
 use crate::stats;
+use core::sync::atomic::{AtomicU64, Ordering};
 
-/// A run of free, zeroed segments inside the break.
+/// A run of free segments inside the break.
 #[derive(Clone, Copy)]
 struct Span {
     start: usize,
     segs: usize,
+    /// Pages may be resident (not zeroed); `since` is when it was freed (ms).
+    dirty: bool,
+    since: u64,
 }
 
 impl Span {
@@ -32,16 +38,20 @@ impl Span {
     }
 }
 
-/// Most free spans tracked; beyond it a freed span is released with madvise and its address
-/// range is not reused (never seen in practice: spans coalesce).
+const NO_SPAN: Span = Span { start: 0, segs: 0, dirty: false, since: 0 };
+
+/// Most free spans tracked; beyond it a freed span is purged at once and its address range
+/// is not reused (not seen in practice: spans coalesce).
 const MAX_SPANS: usize = 4096;
 /// Largest amortisation step, in segments.
 const MAX_STEP: usize = 16;
 
 struct Arena {
-    /// Free spans, sorted by address, none adjacent to another.
+    /// Free spans, sorted by address; adjacent spans only where their state differs.
     spans: [Span; MAX_SPANS],
     nspans: usize,
+    /// Bytes in dirty spans.
+    dirty_bytes: usize,
     /// The break before the alignment padding of the current run.
     run_base: usize,
     /// First (aligned) byte of the current run.
@@ -53,26 +63,47 @@ struct Arena {
 }
 
 static ARENA: Lock<Arena> = Lock::new(Arena {
-    spans: [Span { start: 0, segs: 0 }; MAX_SPANS],
+    spans: [NO_SPAN; MAX_SPANS],
     nspans: 0,
+    dirty_bytes: 0,
     run_base: 0,
     run_start: 0,
     top: 0,
     held: 0,
 });
 
-/// Takes `n` contiguous zeroed segments. Returns their base and whether they came from the
-/// mmap fallback, or None when neither the break nor mmap can provide them.
-pub fn alloc_segments(n: usize) -> Option<(*mut u8, bool)> {
+/// When the oldest dirty span is due for purging (ms), 0 when nothing is dirty: lets the
+/// heaps' slow paths skip the arena lock.
+static PURGE_DUE: AtomicU64 = AtomicU64::new(0);
+
+/// Segments handed out by [`alloc_segments`].
+pub struct Segments {
+    pub base: *mut u8,
+    /// From the mmap fallback (unmapped when freed) rather than the break.
+    pub from_mmap: bool,
+    /// Every byte reads as zero.
+    pub zeroed: bool,
+}
+
+/// Takes `n` contiguous segments: reused dirty ones first, then clean ones, then new ones
+/// from the break, then from mmap. None when nothing can provide them.
+pub fn alloc_segments(n: usize) -> Option<Segments> {
     let bytes = n.checked_mul(SEGMENT_SIZE)?;
     {
         let mut a = ARENA.lock();
-        if let Some(p) = a.take_first_fit(n).or_else(|| a.grow(n)) {
-            return Some((p as *mut u8, false));
+        let now = os::now_ms();
+        a.purge(now, false);
+        if let Some((p, dirty)) = a.take_first_fit(n) {
+            return Some(Segments { base: p as *mut u8, from_mmap: false, zeroed: !dirty });
         }
+        if let Some(p) = a.grow(n) {
+            return Some(Segments { base: p as *mut u8, from_mmap: false, zeroed: true });
+        }
+        // Out of break: give every dirty byte back before asking for more.
+        a.purge(now, true);
     }
     let p = os::mmap_aligned(bytes, SEGMENT_SIZE);
-    (!p.is_null()).then_some((p, true))
+    (!p.is_null()).then_some(Segments { base: p, from_mmap: true, zeroed: true })
 }
 
 /// Gives back `n` segments at `base`.
@@ -88,26 +119,36 @@ pub unsafe fn free_segments(base: *mut u8, n: usize, from_mmap: bool) {
         return;
     }
     let mut a = ARENA.lock();
-    let start = base as usize;
-    if !a.insert(Span { start, segs: n }) {
+    let now = os::now_ms();
+    let span = Span { start: base as usize, segs: n, dirty: true, since: now };
+    if !a.insert(span) {
         // Untracked: release its memory; the address range stays unused.
         // SAFETY: per the contract, the range is ours and dead.
         unsafe { os::madvise_free(base, len) };
         return;
     }
-    let cut = a.trim_top(options::get(Opt::TrimThreshold), options::get(Opt::TopPad));
-    // What the trim cut off is gone; the rest of the range stays free inside the break.
-    let kept_end = cut.map_or(start + len, |c| c.clamp(start, start + len));
-    if kept_end > start {
-        // SAFETY: that part of the freed range is still ours, and dead.
-        unsafe { os::madvise_free(base, kept_end - start) };
+    a.dirty_bytes += len;
+    a.purge(now, false);
+}
+
+/// Purges dirty segments whose delay has passed (cheap when none is due). Called from the
+/// heaps' slow paths.
+#[inline]
+pub fn purge_if_due() {
+    let due = PURGE_DUE.load(Ordering::Relaxed);
+    if due != 0 && os::now_ms() >= due {
+        if let Some(mut a) = ARENA.try_lock() {
+            a.purge(os::now_ms(), false);
+        }
     }
 }
 
-/// Lowers the break as far as free segments allow, keeping `pad` bytes. Returns true if
-/// memory was returned.
+/// Purges every dirty segment and lowers the break as far as free segments allow, keeping
+/// `pad` bytes. Returns true if memory was returned.
 pub fn trim(pad: usize) -> bool {
-    ARENA.lock().trim_top(0, pad).is_some()
+    let mut a = ARENA.lock();
+    let purged = a.purge(os::now_ms(), true);
+    a.trim_top(0, pad).is_some() || purged
 }
 
 /// The address range of the current brk run (for tests and diagnostics).
@@ -131,20 +172,27 @@ pub unsafe fn unlock_after_fork() {
 }
 
 impl Arena {
-    /// Takes `n` segments from the lowest free span that has room.
-    fn take_first_fit(&mut self, n: usize) -> Option<usize> {
-        let i = (0..self.nspans).find(|&i| self.spans[i].segs >= n)?;
+    /// Takes `n` segments from the lowest dirty span that has room, else the lowest clean
+    /// one. Returns the address and whether the memory is dirty.
+    fn take_first_fit(&mut self, n: usize) -> Option<(usize, bool)> {
+        let fits = |s: &Span, dirty: bool| s.segs >= n && s.dirty == dirty;
+        let i = (0..self.nspans)
+            .find(|&i| fits(&self.spans[i], true))
+            .or_else(|| (0..self.nspans).find(|&i| fits(&self.spans[i], false)))?;
         let s = &mut self.spans[i];
-        let p = s.start;
+        let (p, dirty) = (s.start, s.dirty);
         s.start += n << SEGMENT_SHIFT;
         s.segs -= n;
-        if s.segs == 0 {
+        if dirty {
+            self.dirty_bytes -= n << SEGMENT_SHIFT;
+        }
+        if self.spans[i].segs == 0 {
             self.remove(i);
         }
-        Some(p)
+        Some((p, dirty))
     }
 
-    /// Grows the break by at least `n` segments; the extra goes to the free list.
+    /// Grows the break by at least `n` segments; the extra goes to the free list (clean).
     fn grow(&mut self, n: usize) -> Option<usize> {
         let cur = os::brk_current();
         let contiguous = self.top != 0 && cur == self.top;
@@ -171,20 +219,53 @@ impl Arena {
         self.held += got;
         stats::add_brk_bytes((self.top - cur) as isize);
         if got > n {
-            self.insert(Span { start: start + (n << SEGMENT_SHIFT), segs: got - n });
+            self.insert(Span { start: start + (n << SEGMENT_SHIFT), segs: got - n, dirty: false, since: 0 });
         }
         Some(start)
     }
 
-    /// Lowers the break over the free span at the top of the current run when it exceeds
-    /// `threshold` bytes, keeping `pad` bytes. Returns the address from which memory was
-    /// returned, if the break went down.
+    /// Purges dirty spans freed more than the purge delay ago (all of them with `all`, and
+    /// the oldest beyond the dirty cap), then lowers the break over a clean free top beyond
+    /// the trim threshold. Returns true if anything was purged.
+    fn purge(&mut self, now: u64, all: bool) -> bool {
+        let delay = options::get(Opt::PurgeDelay) as u64;
+        let cap = options::get(Opt::DirtyMax);
+        let mut purged = false;
+        loop {
+            let mut oldest: Option<usize> = None;
+            for i in 0..self.nspans {
+                let s = &self.spans[i];
+                if s.dirty && oldest.is_none_or(|o| s.since < self.spans[o].since) {
+                    oldest = Some(i);
+                }
+            }
+            let Some(i) = oldest else { break };
+            let s = self.spans[i];
+            if !(all || s.since + delay <= now || self.dirty_bytes > cap) {
+                break;
+            }
+            // SAFETY: a free span holds no live block.
+            unsafe { os::madvise_free(s.start as *mut u8, s.segs << SEGMENT_SHIFT) };
+            self.dirty_bytes -= s.segs << SEGMENT_SHIFT;
+            self.remove(i);
+            self.insert(Span { dirty: false, since: 0, ..s });
+            purged = true;
+        }
+        let next = (0..self.nspans).filter(|&i| self.spans[i].dirty).map(|i| self.spans[i].since + delay).min();
+        PURGE_DUE.store(next.map_or(0, |t| t.max(1)), Ordering::Relaxed);
+        self.trim_top(options::get(Opt::TrimThreshold), options::get(Opt::TopPad));
+        purged
+    }
+
+    /// Lowers the break over the clean free span at the top of the current run when it
+    /// exceeds `threshold` bytes, keeping `pad` bytes. Returns the new top if the break went
+    /// down.
     fn trim_top(&mut self, threshold: usize, pad: usize) -> Option<usize> {
         if self.nspans == 0 || self.top == 0 {
             return None;
         }
         let last = self.spans[self.nspans - 1];
-        if last.end() != self.top || last.segs << SEGMENT_SHIFT <= threshold {
+        if last.dirty || last.end() != self.top || last.segs << SEGMENT_SHIFT <= threshold {
             return None;
         }
         // Never lower the break under somebody else's memory.
@@ -215,20 +296,31 @@ impl Arena {
         Some(new_top)
     }
 
-    /// Inserts a free span, merging it with adjacent ones. False if the list is full.
+    /// Inserts a free span, merging it with adjacent spans of the same state. False if the
+    /// list is full.
     fn insert(&mut self, s: Span) -> bool {
         let i = self.spans[..self.nspans].partition_point(|x| x.start < s.start);
-        let merge_prev = i > 0 && self.spans[i - 1].end() == s.start;
-        let merge_next = i < self.nspans && s.end() == self.spans[i].start;
+        let joins = |a: &Span, b: &Span| a.end() == b.start && a.dirty == b.dirty;
+        let merge_prev = i > 0 && joins(&self.spans[i - 1], &s);
+        let merge_next = i < self.nspans && joins(&s, &self.spans[i]);
         match (merge_prev, merge_next) {
             (true, true) => {
-                self.spans[i - 1].segs += s.segs + self.spans[i].segs;
+                let next = self.spans[i];
+                let p = &mut self.spans[i - 1];
+                p.segs += s.segs + next.segs;
+                p.since = p.since.max(s.since).max(next.since);
                 self.remove(i);
             }
-            (true, false) => self.spans[i - 1].segs += s.segs,
+            (true, false) => {
+                let p = &mut self.spans[i - 1];
+                p.segs += s.segs;
+                p.since = p.since.max(s.since);
+            }
             (false, true) => {
-                self.spans[i].start = s.start;
-                self.spans[i].segs += s.segs;
+                let n = &mut self.spans[i];
+                n.start = s.start;
+                n.segs += s.segs;
+                n.since = n.since.max(s.since);
             }
             (false, false) => {
                 if self.nspans == MAX_SPANS {

@@ -328,6 +328,7 @@ impl Heap {
     #[inline(never)]
     pub fn alloc_slow(&mut self, class: usize, zero: bool) -> *mut u8 {
         self.in_use.flush();
+        arena::purge_if_due();
         let Some(page) = self.find_page(class) else { return ptr::null_mut() };
         self.pop_from(page, zero)
     }
@@ -560,9 +561,9 @@ impl HeapSegs {
 
     /// A new, empty segment of `kind` from the arena, owned by `heap`.
     fn new_segment(&mut self, kind: Kind, heap: &mut Heap) -> Option<&'static mut Segment> {
-        let (base, from_mmap) = arena::alloc_segments(1)?;
-        // SAFETY: the arena gave us a zeroed, aligned segment.
-        let seg = unsafe { &mut *Segment::init(base, kind, 1, from_mmap) };
+        let m = arena::alloc_segments(1)?;
+        // SAFETY: the arena gave us an aligned segment nobody else uses.
+        let seg = unsafe { &mut *Segment::init(m.base, kind, 1, m.from_mmap, m.zeroed) };
         // No other segment of this kind has a free page, so none is empty: adopting keeps it.
         self.adopt(seg, heap);
         Some(seg)
@@ -752,20 +753,26 @@ pub fn free_segment(seg: &mut Segment) {
 
 // ---- huge spans: one block of one or more whole segments, owned by no heap ----
 
-/// Allocates a huge block of at least `size` bytes from the arena (always zeroed).
-pub fn alloc_huge(size: usize) -> *mut u8 {
+/// Allocates a huge block of at least `size` bytes from the arena; with `zero` its first
+/// `size` bytes read as zero.
+pub fn alloc_huge(size: usize, zero: bool) -> *mut u8 {
     let Some(total) = size.checked_add(crate::segment::HEADER_SIZE) else { return ptr::null_mut() };
     let n = total.div_ceil(crate::segment::SEGMENT_SIZE);
     if n > (isize::MAX as usize) >> SEGMENT_SHIFT {
         return ptr::null_mut();
     }
-    let Some((base, from_mmap)) = arena::alloc_segments(n) else { return ptr::null_mut() };
-    // SAFETY: the arena gave us `n` zeroed, aligned segments.
-    let seg = unsafe { &mut *Segment::init(base, Kind::Huge, n, from_mmap) };
-    let (i, _) = seg.take_page().expect("a new segment has a free page");
-    let (area, len) = seg.page_area(i);
-    let page = &mut seg.pages[i];
-    page.init(0, len, area, 1, true);
+    let Some(m) = arena::alloc_segments(n) else { return ptr::null_mut() };
+    // SAFETY: the arena gave us `n` aligned segments nobody else uses.
+    let seg = unsafe { &mut *Segment::init(m.base, Kind::Huge, n, m.from_mmap, m.zeroed) };
+    seg.free_mask = 0;
+    seg.used_pages = 1;
+    let (area, len) = seg.page_area(0);
+    let page = &mut seg.pages[0];
+    page.init(0, len, area, 1, m.zeroed);
+    if zero && !m.zeroed {
+        // SAFETY: the block spans at least `size` bytes from `area`, all ours.
+        unsafe { ptr::write_bytes(area, 0, size) };
+    }
     page.capacity = 1;
     page.used = 1;
     stats::flush_in_use(len as isize);

@@ -153,7 +153,7 @@ fn alloc_cold(size: usize, zero: bool) -> *mut u8 {
 /// Allocates from the arena whatever the threshold says: a size class or a huge span.
 fn alloc_arena(size: usize, zero: bool) -> *mut u8 {
     if size > MAX_CLASS_SIZE {
-        return heap::alloc_huge(size);
+        return heap::alloc_huge(size, zero);
     }
     let class = class_of(size);
     heap::with_heap(|h| h.alloc_slow(class, zero)).unwrap_or(ptr::null_mut())
@@ -188,7 +188,7 @@ fn aligned_impl(align: usize, size: usize, zero: bool) -> *mut u8 {
     }
     let Some(need) = size.checked_add(align - MIN_ALIGN) else { return ptr::null_mut() };
     if need > MAX_CLASS_SIZE {
-        let b = heap::alloc_huge(need);
+        let b = heap::alloc_huge(need, zero);
         return offset_block(b, align);
     }
     let class = class_of(need);

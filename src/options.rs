@@ -21,6 +21,10 @@ pub enum Opt {
     LargeCache,
     /// Print the counters on stderr at exit when non-zero.
     ShowStats,
+    /// Milliseconds a freed segment stays resident for reuse before it is purged.
+    PurgeDelay,
+    /// Most bytes of freed, still-resident segments; beyond it the oldest are purged at once.
+    DirtyMax,
 }
 
 struct Spec {
@@ -34,23 +38,26 @@ struct Spec {
 /// Largest supported mmap threshold: sizes up to here can come from the arena.
 pub const MAX_MMAP_THRESHOLD: usize = 1 << 30;
 
-const SPECS: [Spec; 6] = [
+const SPECS: [Spec; 8] = [
     Spec { opt: Opt::MmapThreshold, default: 128 << 10, max: MAX_MMAP_THRESHOLD, env: b"TIDEMALLOC_MMAP_THRESHOLD", glibc_env: b"MALLOC_MMAP_THRESHOLD_" },
     Spec { opt: Opt::TrimThreshold, default: 128 << 10, max: usize::MAX / 2, env: b"TIDEMALLOC_TRIM_THRESHOLD", glibc_env: b"MALLOC_TRIM_THRESHOLD_" },
     Spec { opt: Opt::TopPad, default: 0, max: 1 << 30, env: b"TIDEMALLOC_TOP_PAD", glibc_env: b"MALLOC_TOP_PAD_" },
     Spec { opt: Opt::MmapMax, default: 65536, max: usize::MAX / 2, env: b"TIDEMALLOC_MMAP_MAX", glibc_env: b"MALLOC_MMAP_MAX_" },
     Spec { opt: Opt::LargeCache, default: 64 << 20, max: usize::MAX / 2, env: b"TIDEMALLOC_LARGE_CACHE", glibc_env: b"" },
     Spec { opt: Opt::ShowStats, default: 0, max: 1, env: b"TIDEMALLOC_SHOW_STATS", glibc_env: b"" },
+    Spec { opt: Opt::PurgeDelay, default: 1000, max: 1 << 40, env: b"TIDEMALLOC_PURGE_DELAY", glibc_env: b"" },
+    Spec { opt: Opt::DirtyMax, default: 256 << 20, max: usize::MAX / 2, env: b"TIDEMALLOC_DIRTY_MAX", glibc_env: b"" },
 ];
 
-static VALUES: [AtomicUsize; 6] = [
-    AtomicUsize::new(SPECS[0].default),
-    AtomicUsize::new(SPECS[1].default),
-    AtomicUsize::new(SPECS[2].default),
-    AtomicUsize::new(SPECS[3].default),
-    AtomicUsize::new(SPECS[4].default),
-    AtomicUsize::new(SPECS[5].default),
-];
+static VALUES: [AtomicUsize; SPECS.len()] = {
+    let mut v = [const { AtomicUsize::new(0) }; SPECS.len()];
+    let mut i = 0;
+    while i < SPECS.len() {
+        v[i] = AtomicUsize::new(SPECS[i].default);
+        i += 1;
+    }
+    v
+};
 
 /// The current value of a tunable.
 #[inline(always)]

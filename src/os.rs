@@ -195,6 +195,14 @@ pub fn thread_id() -> usize {
     }
 }
 
+/// A coarse monotonic clock in milliseconds (vDSO: no system call).
+pub fn now_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
 /// The system page size, from sysconf.
 pub fn sysconf_page_size() -> usize {
     // SAFETY: sysconf(_SC_PAGESIZE) has no preconditions and does not allocate.

@@ -88,24 +88,27 @@ pub struct Segment {
 const _: () = assert!(core::mem::size_of::<Segment>() <= HEADER_SIZE);
 
 impl Segment {
-    /// Writes a fresh header at `base` (zeroed memory of `span_segments` segments from the
-    /// arena) and returns it.
+    /// Writes a fresh header at `base` (`span_segments` segments from the arena; `zeroed`
+    /// if every byte reads as zero) and returns it.
     ///
     /// # Safety
-    /// `base` must be segment aligned, zeroed, and exclusively ours.
-    pub unsafe fn init(base: *mut u8, kind: Kind, span_segments: usize, from_mmap: bool) -> *mut Segment {
+    /// `base` must be segment aligned and exclusively ours.
+    pub unsafe fn init(base: *mut u8, kind: Kind, span_segments: usize, from_mmap: bool, zeroed: bool) -> *mut Segment {
         let seg = base.cast::<Segment>();
         let page_count = 1u32 << (SEGMENT_SHIFT - kind.page_shift());
-        // SAFETY: the memory is ours and zeroed, which is a valid bit pattern for every field
+        // SAFETY: the memory is ours; once zeroed it is a valid bit pattern for every field
         // (null pointers, zero counters, atomics at zero); we set the rest.
         unsafe {
+            if !zeroed {
+                ptr::write_bytes(base, 0, size_of::<Segment>());
+            }
             (*seg).kind = kind;
             (*seg).from_mmap = from_mmap;
             (*seg).page_count = page_count;
             (*seg).span_segments = span_segments;
             let all = if page_count == 64 { u64::MAX } else { (1u64 << page_count) - 1 };
             (*seg).free_mask = all;
-            (*seg).fresh_mask = all;
+            (*seg).fresh_mask = if zeroed { all } else { 0 };
         }
         map_set(base as usize, true);
         seg

@@ -1,0 +1,647 @@
+/* Every exported function of libtidemalloc and glibc's edge cases, in one process.
+ *
+ * Run with LD_PRELOAD=libtidemalloc.so or linked with -ltidemalloc. Each check prints a
+ * line; the program exits 1 at the first failure and 0 after "api: all N checks passed".
+ * `api beyond-memory` runs only the checks of requests larger than the machine.
+ * Compile with -fno-builtin: GCC deletes malloc/free pairs whose memory is never used.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <malloc.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tidemalloc.h"
+
+/* The extensions are weak so that the program also links when tidemalloc is only preloaded;
+ * they resolve at load time to the preloaded (or linked) library. */
+#pragma weak tidemalloc_get_stats
+#pragma weak tidemalloc_set_mmap_threshold
+#pragma weak tidemalloc_get_mmap_threshold
+#pragma weak tidemalloc_print_stats
+#pragma weak tidemalloc_trim
+
+/* C23, not declared by this glibc's headers. */
+extern void free_sized(void *p, size_t size) __attribute__((weak));
+extern void free_aligned_sized(void *p, size_t align, size_t size) __attribute__((weak));
+
+#define PAGE 4096u
+#define KiB ((size_t)1 << 10)
+#define MiB ((size_t)1 << 20)
+
+static int checks;
+
+#define CHECK(cond, ...)                                                                     \
+    do {                                                                                     \
+        checks++;                                                                            \
+        if (cond) {                                                                          \
+            printf("ok   ");                                                                 \
+            printf(__VA_ARGS__);                                                             \
+            printf("\n");                                                                    \
+        } else {                                                                             \
+            printf("FAIL ");                                                                 \
+            printf(__VA_ARGS__);                                                             \
+            printf("  [%s:%d: %s] errno=%d\n", __FILE__, __LINE__, #cond, errno);            \
+            fflush(stdout);                                                                  \
+            exit(1);                                                                         \
+        }                                                                                    \
+    } while (0)
+
+/* Hides constants from the compiler (no -Walloc-size-larger-than, no folding). */
+static size_t opaque(size_t x) {
+    volatile size_t v = x;
+    return v;
+}
+
+static void *volatile sink;
+
+static struct tidemalloc_stats stats(void) {
+    struct tidemalloc_stats s;
+    tidemalloc_get_stats(&s);
+    return s;
+}
+
+static int aligned_to(const void *p, size_t a) { return ((uintptr_t)p & (a - 1)) == 0; }
+
+static void fill(void *p, size_t n, unsigned seed) {
+    unsigned char *c = p;
+    for (size_t i = 0; i < n; i++) c[i] = (unsigned char)(seed + i * 31 + (i >> 8));
+}
+
+static int check_fill(const void *p, size_t n, unsigned seed) {
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++)
+        if (c[i] != (unsigned char)(seed + i * 31 + (i >> 8))) return 0;
+    return 1;
+}
+
+static int all_zero(const void *p, size_t n) {
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++)
+        if (c[i]) return 0;
+    return 1;
+}
+
+static void test_loaded(void) {
+    CHECK(tidemalloc_get_stats != NULL, "tidemalloc is loaded (tidemalloc_get_stats resolves)");
+    void *p = malloc(100);
+    struct tidemalloc_stats s = stats();
+    CHECK(p && s.in_use >= 100, "malloc(100) is counted by tidemalloc (in_use=%zu)", s.in_use);
+    free(p);
+}
+
+static void test_malloc_free(void) {
+    free(NULL);
+    CHECK(1, "free(NULL) is a no-op");
+    void *z = malloc(0);
+    CHECK(z != NULL, "malloc(0) returns a unique pointer");
+    void *z2 = malloc(0);
+    CHECK(z2 != NULL && z2 != z, "two malloc(0) give distinct pointers");
+    free(z);
+    free(z2);
+
+    size_t sizes[] = {1, 8, 16, 17, 100, 1000, 4096, 10000, 70000, 128 * KiB, 200 * KiB, 600 * KiB, 3 * MiB};
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        size_t n = sizes[i];
+        char *p = malloc(n);
+        CHECK(p != NULL && aligned_to(p, 16), "malloc(%zu) = %p, aligned to 16", n, (void *)p);
+        fill(p, n, (unsigned)i);
+        CHECK(check_fill(p, n, (unsigned)i), "malloc(%zu): block holds what was written", n);
+        CHECK(malloc_usable_size(p) >= n, "malloc_usable_size(malloc(%zu)) = %zu", n, malloc_usable_size(p));
+        errno = 1234;
+        free(p);
+        CHECK(errno == 1234, "errno preserved across free of a %zu-byte block", n);
+    }
+    errno = 1234;
+    free(NULL);
+    CHECK(errno == 1234, "errno preserved across free(NULL)");
+    CHECK(malloc_usable_size(NULL) == 0, "malloc_usable_size(NULL) == 0");
+}
+
+static void test_calloc(void) {
+    /* Dirty memory first, so that calloc must really clear reused blocks. */
+    size_t sizes[] = {1, 16, 48, 100, 256, 1000, 4096, 5000, 40000, 100 * KiB, 300 * KiB, 1 * MiB, 5 * MiB};
+    enum { N = sizeof sizes / sizeof *sizes, REP = 8 };
+    void *ps[N][REP];
+    for (int round = 0; round < 3; round++) {
+        for (size_t i = 0; i < N; i++)
+            for (int r = 0; r < REP; r++) {
+                ps[i][r] = malloc(sizes[i]);
+                CHECK(ps[i][r] != NULL, "malloc(%zu) for dirtying", sizes[i]);
+                memset(ps[i][r], 0xA5, malloc_usable_size(ps[i][r]));
+            }
+        for (size_t i = 0; i < N; i++)
+            for (int r = 0; r < REP; r++) free(ps[i][r]);
+        for (size_t i = 0; i < N; i++)
+            for (int r = 0; r < REP; r++) {
+                ps[i][r] = calloc(1, sizes[i]);
+                CHECK(ps[i][r] != NULL && all_zero(ps[i][r], sizes[i]),
+                      "calloc(1, %zu) after dirty frees is zeroed (round %d, #%d)", sizes[i], round, r);
+                memset(ps[i][r], 0x5A, sizes[i]);
+            }
+        for (size_t i = 0; i < N; i++)
+            for (int r = 0; r < REP; r++) free(ps[i][r]);
+    }
+    int *a = calloc(1000, sizeof(int));
+    CHECK(a && all_zero(a, 1000 * sizeof(int)), "calloc(1000, sizeof(int)) zeroed");
+    free(a);
+    void *c0 = calloc(0, 10);
+    CHECK(c0 != NULL, "calloc(0, 10) returns a pointer");
+    free(c0);
+
+    errno = 0;
+    void *p = calloc(opaque(SIZE_MAX / 2 + 2), 2);
+    CHECK(p == NULL && errno == ENOMEM, "calloc(SIZE_MAX/2+2, 2) overflows: NULL, ENOMEM");
+    errno = 0;
+    p = calloc(opaque((size_t)1 << 33), (size_t)1 << 33);
+    CHECK(p == NULL && errno == ENOMEM, "calloc(2^33, 2^33) overflows: NULL, ENOMEM");
+}
+
+static void test_realloc(void) {
+    char *p = realloc(NULL, 100);
+    CHECK(p != NULL, "realloc(NULL, 100) allocates");
+    fill(p, 100, 7);
+    CHECK(realloc(p, 0) == NULL, "realloc(p, 0) frees and returns NULL");
+
+    /* Growth and shrinking across every kind of block keep the data. */
+    size_t steps[] = {10,        100,      5000,       60 * KiB, 100 * KiB, 300 * KiB, 700 * KiB,
+                      3 * MiB,   64 * MiB, 70 * MiB,   2 * MiB,  200 * KiB, 40 * KiB,  1000,
+                      10,        1,        600 * KiB,  16,       130 * KiB, 129 * KiB, 65 * KiB};
+    size_t n = 10;
+    p = malloc(n);
+    fill(p, n, 3);
+    for (size_t i = 1; i < sizeof steps / sizeof *steps; i++) {
+        size_t m = steps[i];
+        char *q = realloc(p, m);
+        CHECK(q != NULL, "realloc %zu -> %zu", n, m);
+        size_t keep = n < m ? n : m;
+        CHECK(check_fill(q, keep, 3), "realloc %zu -> %zu keeps the first %zu bytes", n, m, keep);
+        CHECK(malloc_usable_size(q) >= m, "realloc %zu -> %zu: usable %zu", n, m, malloc_usable_size(q));
+        fill(q, m, 3);
+        p = q;
+        n = m;
+    }
+    free(p);
+
+    /* Failure leaves the old block intact and usable. */
+    size_t bad[] = {SIZE_MAX, SIZE_MAX - 4096, (size_t)PTRDIFF_MAX + 1, (size_t)PTRDIFF_MAX};
+    size_t olds[] = {1000, 300 * KiB, 2 * MiB};
+    for (size_t o = 0; o < sizeof olds / sizeof *olds; o++) {
+        for (size_t b = 0; b < sizeof bad / sizeof *bad; b++) {
+            size_t on = olds[o];
+            char *old = malloc(on);
+            fill(old, on, 11);
+            errno = 0;
+            char *q = realloc(old, opaque(bad[b]));
+            CHECK(q == NULL && errno == ENOMEM, "realloc(%zu-byte block, %#zx) fails with ENOMEM", on, bad[b]);
+            CHECK(check_fill(old, on, 11), "failed realloc left the %zu-byte block intact", on);
+            q = realloc(old, on * 2);
+            CHECK(q != NULL && check_fill(q, on, 11), "block still usable after failed realloc");
+            free(q);
+        }
+    }
+}
+
+static void test_reallocarray(void) {
+    int *a = reallocarray(NULL, 10, sizeof(int));
+    CHECK(a != NULL, "reallocarray(NULL, 10, 4)");
+    for (int i = 0; i < 10; i++) a[i] = i;
+    int *b = reallocarray(a, 1000, sizeof(int));
+    CHECK(b != NULL && b[9] == 9 && b[0] == 0, "reallocarray grows and keeps data");
+    errno = 0;
+    int *c = reallocarray(b, opaque(SIZE_MAX / 2), 3);
+    CHECK(c == NULL && errno == ENOMEM, "reallocarray overflow: NULL, ENOMEM");
+    CHECK(b[9] == 9, "reallocarray overflow left the block intact");
+    errno = 0;
+    c = reallocarray(NULL, opaque((size_t)1 << 40), (size_t)1 << 40);
+    CHECK(c == NULL && errno == ENOMEM, "reallocarray(NULL, 2^40, 2^40): NULL, ENOMEM");
+    free(b);
+}
+
+static void test_posix_memalign(void) {
+    size_t badalign[] = {0, 3, 24, 4, 1, 2, 12, 48, 100};
+    for (size_t i = 0; i < sizeof badalign / sizeof *badalign; i++) {
+        void *p = (void *)0x1234;
+        errno = 4321;
+        int r = posix_memalign(&p, opaque(badalign[i]), 64);
+        CHECK(r == EINVAL, "posix_memalign(align=%zu) returns EINVAL (got %d)", badalign[i], r);
+        CHECK(errno == 4321, "posix_memalign(align=%zu) leaves errno alone", badalign[i]);
+        CHECK(p == (void *)0x1234, "posix_memalign(align=%zu) leaves *memptr unchanged", badalign[i]);
+    }
+    for (size_t a = sizeof(void *); a <= MiB; a *= 2) {
+        size_t sizes[] = {1, a, 3 * a + 1, 200 * KiB};
+        for (size_t s = 0; s < 4; s++) {
+            void *p = NULL;
+            errno = 4321;
+            int r = posix_memalign(&p, a, sizes[s]);
+            CHECK(r == 0 && p != NULL && aligned_to(p, a) && errno == 4321,
+                  "posix_memalign(align=%zu, size=%zu) = %p", a, sizes[s], p);
+            CHECK(malloc_usable_size(p) >= sizes[s], "usable size of that block is %zu", malloc_usable_size(p));
+            memset(p, 0x3C, sizes[s]);
+            free(p);
+        }
+    }
+    size_t huge[] = {SIZE_MAX, SIZE_MAX - 4096, (size_t)PTRDIFF_MAX + 1};
+    for (size_t i = 0; i < 3; i++) {
+        void *p = (void *)0x1234;
+        errno = 4321;
+        int r = posix_memalign(&p, 64, opaque(huge[i]));
+        CHECK(r == ENOMEM && p == (void *)0x1234 && errno == 4321,
+              "posix_memalign(64, %#zx) returns ENOMEM, *memptr and errno untouched", huge[i]);
+    }
+}
+
+static void test_aligned_alloc_memalign(void) {
+    for (size_t a = 1; a <= MiB; a *= 2) {
+        size_t sizes[] = {a, 2 * a, 1, 100, 150 * KiB};
+        for (size_t s = 0; s < 5; s++) {
+            void *p = aligned_alloc(a, sizes[s]);
+            CHECK(p && aligned_to(p, a), "aligned_alloc(%zu, %zu) = %p", a, sizes[s], p);
+            CHECK(malloc_usable_size(p) >= sizes[s], "usable %zu >= %zu", malloc_usable_size(p), sizes[s]);
+            memset(p, 0x77, sizes[s]);
+            free(p);
+        }
+    }
+    size_t bad[] = {3, 24, 48, 100, 4095, 4097, 3 * MiB};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        errno = 0;
+        void *p = aligned_alloc(opaque(bad[i]), 4096);
+        CHECK(p == NULL && errno == EINVAL, "aligned_alloc(%zu, 4096): NULL, EINVAL", bad[i]);
+    }
+    for (size_t a = 1; a <= MiB; a *= 2) {
+        void *p = memalign(a, 1000);
+        CHECK(p && aligned_to(p, a), "memalign(%zu, 1000) = %p", a, p);
+        memset(p, 1, 1000);
+        free(p);
+    }
+    /* glibc rounds a non-power-of-two alignment up. */
+    size_t odd[] = {3, 24, 48, 100, 3000, 5000};
+    for (size_t i = 0; i < sizeof odd / sizeof *odd; i++) {
+        size_t want = 1;
+        while (want < odd[i]) want *= 2;
+        void *p = memalign(opaque(odd[i]), 777);
+        CHECK(p && aligned_to(p, want), "memalign(%zu, 777) = %p, aligned to %zu", odd[i], p, want);
+        free(p);
+    }
+    void *p = memalign(0, 100);
+    CHECK(p != NULL, "memalign(0, 100) allocates");
+    free(p);
+}
+
+static void test_valloc_pvalloc(void) {
+    size_t sizes[] = {1, 100, 4096, 4097, 5000, 70000, 200 * KiB, 2 * MiB};
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        void *p = valloc(sizes[i]);
+        CHECK(p && aligned_to(p, PAGE), "valloc(%zu) = %p, page aligned", sizes[i], p);
+        CHECK(malloc_usable_size(p) >= sizes[i], "valloc(%zu): usable %zu", sizes[i], malloc_usable_size(p));
+        memset(p, 9, sizes[i]);
+        free(p);
+    }
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        size_t rounded = (sizes[i] + PAGE - 1) / PAGE * PAGE;
+        char *p = pvalloc(sizes[i]);
+        CHECK(p && aligned_to(p, PAGE), "pvalloc(%zu) = %p, page aligned", sizes[i], (void *)p);
+        CHECK(malloc_usable_size(p) >= rounded, "pvalloc(%zu): usable %zu >= %zu", sizes[i],
+              malloc_usable_size(p), rounded);
+        memset(p, 9, rounded);
+        free(p);
+    }
+    char *p = pvalloc(0);
+    CHECK(p && aligned_to(p, PAGE) && malloc_usable_size(p) >= PAGE, "pvalloc(0) gives a page (usable %zu)",
+          malloc_usable_size(p));
+    memset(p, 1, PAGE);
+    free(p);
+}
+
+static void test_free_sized(void) {
+    CHECK(free_sized != NULL && free_aligned_sized != NULL, "free_sized and free_aligned_sized are exported");
+    for (size_t n = 1; n <= 4 * MiB; n = n * 3 + 1) {
+        void *p = malloc(n);
+        memset(p, 1, n);
+        errno = 555;
+        free_sized(p, n);
+        CHECK(errno == 555, "free_sized(malloc(%zu), %zu) (errno kept)", n, n);
+    }
+    free_sized(NULL, 0);
+    for (size_t a = 16; a <= MiB; a *= 4) {
+        void *p = aligned_alloc(a, 3 * a);
+        memset(p, 1, 3 * a);
+        free_aligned_sized(p, a, 3 * a);
+        CHECK(1, "free_aligned_sized(aligned_alloc(%zu, %zu))", a, 3 * a);
+    }
+    free_aligned_sized(NULL, 64, 0);
+    CHECK(1, "free_sized(NULL, 0) and free_aligned_sized(NULL, 64, 0) are no-ops");
+}
+
+static void test_impossible_sizes(void) {
+    size_t huge[] = {SIZE_MAX, SIZE_MAX - 4096, (size_t)PTRDIFF_MAX + 1};
+    const char *names[] = {"SIZE_MAX", "SIZE_MAX-4096", "PTRDIFF_MAX+1"};
+    for (int i = 0; i < 3; i++) {
+        size_t n = opaque(huge[i]);
+        const char *w = names[i];
+        void *p;
+        errno = 0, p = malloc(n);
+        CHECK(!p && errno == ENOMEM, "malloc(%s): NULL, ENOMEM", w);
+        errno = 0, p = calloc(1, n);
+        CHECK(!p && errno == ENOMEM, "calloc(1, %s): NULL, ENOMEM", w);
+        errno = 0, p = calloc(n, 1);
+        CHECK(!p && errno == ENOMEM, "calloc(%s, 1): NULL, ENOMEM", w);
+        errno = 0, p = realloc(NULL, n);
+        CHECK(!p && errno == ENOMEM, "realloc(NULL, %s): NULL, ENOMEM", w);
+        errno = 0, p = reallocarray(NULL, 1, n);
+        CHECK(!p && errno == ENOMEM, "reallocarray(NULL, 1, %s): NULL, ENOMEM", w);
+        errno = 0, p = aligned_alloc(64, n);
+        CHECK(!p && errno == ENOMEM, "aligned_alloc(64, %s): NULL, ENOMEM", w);
+        errno = 0, p = aligned_alloc(8192, n);
+        CHECK(!p && errno == ENOMEM, "aligned_alloc(8192, %s): NULL, ENOMEM", w);
+        errno = 0, p = aligned_alloc(4 * MiB, n);
+        CHECK(!p && errno == ENOMEM, "aligned_alloc(4 MiB, %s): NULL, ENOMEM", w);
+        errno = 0, p = memalign(64, n);
+        CHECK(!p && errno == ENOMEM, "memalign(64, %s): NULL, ENOMEM", w);
+        errno = 0, p = memalign(1, n);
+        CHECK(!p && errno == ENOMEM, "memalign(1, %s): NULL, ENOMEM", w);
+        errno = 0, p = valloc(n);
+        CHECK(!p && errno == ENOMEM, "valloc(%s): NULL, ENOMEM", w);
+        errno = 0, p = pvalloc(n);
+        CHECK(!p && errno == ENOMEM, "pvalloc(%s): NULL, ENOMEM", w);
+        p = (void *)0x1234;
+        int r = posix_memalign(&p, 16, n);
+        CHECK(r == ENOMEM && p == (void *)0x1234, "posix_memalign(16, %s) returns ENOMEM", w);
+        r = posix_memalign(&p, 2 * MiB, n);
+        CHECK(r == ENOMEM && p == (void *)0x1234, "posix_memalign(2 MiB, %s) returns ENOMEM", w);
+    }
+}
+
+static void test_min_alignment(void) {
+    static void *ps[1025];
+    for (size_t n = 1; n <= 1024; n++) {
+        ps[n] = malloc(n);
+        if (!ps[n] || !aligned_to(ps[n], 16) || malloc_usable_size(ps[n]) < n)
+            CHECK(0, "malloc(%zu) = %p is 16-aligned with usable >= size", n, ps[n]);
+        memset(ps[n], (int)n, n);
+    }
+    CHECK(1, "malloc(1..1024): every block aligned to 16");
+    for (size_t n = 1; n <= 1024; n++) {
+        unsigned char *c = ps[n];
+        for (size_t i = 0; i < n; i++)
+            if (c[i] != (unsigned char)n) CHECK(0, "block of %zu bytes overwritten at %zu", n, i);
+        free(ps[n]);
+    }
+    for (size_t n = 1; n <= 1024; n++) {
+        ps[n] = calloc(1, n);
+        if (!ps[n] || !aligned_to(ps[n], 16)) CHECK(0, "calloc(1, %zu) = %p is 16-aligned", n, ps[n]);
+    }
+    for (size_t n = 1; n <= 1024; n++) free(ps[n]);
+    CHECK(1, "calloc(1, 1..1024): every block aligned to 16");
+}
+
+static void test_mallopt(void) {
+    CHECK(mallopt(M_MMAP_THRESHOLD, 256 * 1024) == 1, "mallopt(M_MMAP_THRESHOLD, 256K) == 1");
+    CHECK(tidemalloc_get_mmap_threshold() == 256 * KiB, "threshold is now 256 KiB");
+    CHECK(mallopt(M_TRIM_THRESHOLD, 256 * 1024) == 1, "mallopt(M_TRIM_THRESHOLD) == 1");
+    CHECK(mallopt(M_TOP_PAD, 64 * 1024) == 1, "mallopt(M_TOP_PAD) == 1");
+    CHECK(mallopt(M_MMAP_MAX, 65536) == 1, "mallopt(M_MMAP_MAX) == 1");
+    CHECK(mallopt(M_PERTURB, 0x5a) == 0, "mallopt(M_PERTURB) (unsupported) == 0");
+    CHECK(mallopt(M_CHECK_ACTION, 3) == 0, "mallopt(M_CHECK_ACTION) (unsupported) == 0");
+    CHECK(mallopt(12345, 1) == 0, "mallopt(12345) (unknown) == 0");
+    CHECK(mallopt(M_TRIM_THRESHOLD, 128 * 1024) == 1 && mallopt(M_TOP_PAD, 0) == 1, "restore trim and pad");
+
+    /* With a 64 KiB threshold a 100 KiB block gets its own mapping ... */
+    CHECK(mallopt(M_MMAP_THRESHOLD, 64 * 1024) == 1, "mallopt(M_MMAP_THRESHOLD, 64K) == 1");
+    struct tidemalloc_stats a = stats();
+    void *p = malloc(100 * KiB);
+    struct tidemalloc_stats b = stats();
+    CHECK(p && b.large_blocks == a.large_blocks + 1, "threshold 64K: malloc(100K) is a large block (%zu -> %zu)",
+          a.large_blocks, b.large_blocks);
+    memset(p, 1, 100 * KiB);
+    free(p);
+    CHECK(stats().large_blocks == a.large_blocks, "and free gives it back");
+    /* ... with a 1 MiB threshold it comes from the arena. */
+    CHECK(mallopt(M_MMAP_THRESHOLD, 1024 * 1024) == 1, "mallopt(M_MMAP_THRESHOLD, 1M) == 1");
+    void *warm = malloc(100 * KiB); /* the arena may need a segment first */
+    a = stats();
+    p = malloc(100 * KiB);
+    b = stats();
+    CHECK(p && b.large_blocks == a.large_blocks && b.mmap_calls == a.mmap_calls,
+          "threshold 1M: malloc(100K) made no mapping (large %zu -> %zu, mmap calls %zu -> %zu)", a.large_blocks,
+          b.large_blocks, a.mmap_calls, b.mmap_calls);
+    memset(p, 1, 100 * KiB);
+    free(p);
+    free(warm);
+    CHECK(mallopt(M_MMAP_THRESHOLD, -1) == 0, "mallopt(M_MMAP_THRESHOLD, -1) == 0");
+    CHECK(mallopt(M_MMAP_THRESHOLD, 128 * 1024) == 1 && tidemalloc_get_mmap_threshold() == 128 * KiB,
+          "restore the 128 KiB threshold");
+
+    /* M_MMAP_MAX = 0: no request may be served by a mapping of its own. */
+    CHECK(mallopt(M_MMAP_MAX, 0) == 1, "mallopt(M_MMAP_MAX, 0) == 1");
+    a = stats();
+    void *m1 = malloc(1 * MiB);
+    void *m2 = calloc(1, 1 * MiB);
+    b = stats();
+    CHECK(m1 && m2 && b.large_blocks == a.large_blocks, "M_MMAP_MAX=0: malloc/calloc(1 MiB) not mapped (%zu -> %zu)",
+          a.large_blocks, b.large_blocks);
+    CHECK(all_zero(m2, MiB), "M_MMAP_MAX=0: calloc(1 MiB) from the arena is zeroed");
+    memset(m1, 0xEE, MiB);
+    free(m1);
+    void *m3 = calloc(1, 1 * MiB);
+    CHECK(m3 && all_zero(m3, MiB), "M_MMAP_MAX=0: calloc(1 MiB) after a dirty free is zeroed");
+    free(m2);
+    free(m3);
+    a = stats();
+    void *al1 = memalign(64, 1 * MiB);
+    void *al2 = valloc(1 * MiB);
+    void *al3 = NULL;
+    int r = posix_memalign(&al3, 4096, 1 * MiB);
+    b = stats();
+    CHECK(al1 && al2 && r == 0 && b.large_blocks == a.large_blocks,
+          "M_MMAP_MAX=0: memalign/valloc/posix_memalign(1 MiB) not mapped (large blocks %zu -> %zu)",
+          a.large_blocks, b.large_blocks);
+    free(al1);
+    free(al2);
+    free(al3);
+    CHECK(mallopt(M_MMAP_MAX, 65536) == 1, "restore M_MMAP_MAX");
+}
+
+static void test_extensions(void) {
+    CHECK(tidemalloc_get_mmap_threshold() == 128 * KiB, "tidemalloc_get_mmap_threshold() == 128 KiB");
+    CHECK(tidemalloc_set_mmap_threshold((size_t)2 << 30) == 0, "tidemalloc_set_mmap_threshold(2 GiB) == 0");
+    CHECK(tidemalloc_get_mmap_threshold() == 128 * KiB, "out-of-range value changed nothing");
+    CHECK(tidemalloc_set_mmap_threshold((size_t)1 << 30) == 1, "tidemalloc_set_mmap_threshold(1 GiB) == 1");
+    CHECK(tidemalloc_get_mmap_threshold() == (size_t)1 << 30, "threshold is 1 GiB");
+    struct tidemalloc_stats a = stats();
+    void *p = malloc(8 * MiB);
+    struct tidemalloc_stats b = stats();
+    CHECK(p && b.large_blocks == a.large_blocks, "threshold 1 GiB: malloc(8 MiB) from the arena");
+    memset(p, 3, 8 * MiB);
+    free(p);
+    CHECK(tidemalloc_set_mmap_threshold(0) == 1, "tidemalloc_set_mmap_threshold(0) == 1");
+    a = stats();
+    p = malloc(16);
+    b = stats();
+    CHECK(p && b.large_blocks == a.large_blocks + 1, "threshold 0: malloc(16) is a large block");
+    free(p);
+    CHECK(tidemalloc_set_mmap_threshold(128 * KiB) == 1, "restore threshold");
+
+    a = stats();
+    void *blocks[100];
+    for (int i = 0; i < 100; i++) blocks[i] = malloc(1000);
+    b = stats();
+    CHECK(b.in_use >= a.in_use + 100 * 1000, "in_use grew by at least 100*1000 (%zu -> %zu)", a.in_use, b.in_use);
+    CHECK(b.peak_in_use >= b.in_use, "peak_in_use >= in_use");
+    CHECK(b.reserved_brk + b.reserved_mmap >= b.in_use, "reserved >= in use");
+    CHECK(b.brk_calls + b.mmap_calls > 0, "some system calls were counted");
+    for (int i = 0; i < 100; i++) free(blocks[i]);
+
+    FILE *f = tmpfile();
+    CHECK(f != NULL, "tmpfile");
+    tidemalloc_print_stats(fileno(f));
+    char buf[4096];
+    rewind(f);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    CHECK(strstr(buf, "tidemalloc stats:") && strstr(buf, "mmap calls"), "tidemalloc_print_stats writes the counters");
+    fclose(f);
+    int t = tidemalloc_trim(0);
+    CHECK(t == 0 || t == 1, "tidemalloc_trim(0) returns %d", t);
+}
+
+static void test_trim(void) {
+    int r = malloc_trim(0);
+    CHECK(r == 0 || r == 1, "malloc_trim(0) returns %d", r);
+    size_t n = 200 * MiB / 2000;
+    void **ps = malloc(n * sizeof *ps);
+    for (size_t i = 0; i < n; i++) {
+        ps[i] = malloc(2000);
+        if (!ps[i]) CHECK(0, "malloc(2000) #%zu", i);
+        memset(ps[i], 0x11, 2000);
+    }
+    CHECK(1, "allocated 200 MiB in 2000-byte blocks");
+    for (size_t i = 0; i < n; i++) free(ps[i]);
+    free(ps);
+    r = malloc_trim(0);
+    CHECK(r == 1, "malloc_trim(0) after freeing 200 MiB of small blocks returns 1 (got %d)", r);
+    r = malloc_trim(128 * KiB);
+    CHECK(r == 0 || r == 1, "malloc_trim(128K) returns %d", r);
+}
+
+static void test_mallinfo(void) {
+    struct mallinfo2 a = mallinfo2();
+    enum { N = 10000 };
+    static void *ps[N];
+    for (int i = 0; i < N; i++) ps[i] = malloc(1000);
+    struct mallinfo2 b = mallinfo2();
+    size_t grew = b.uordblks - a.uordblks;
+    CHECK(b.uordblks > a.uordblks && grew >= N * 1000 && grew <= N * 1000 * 3 / 2,
+          "mallinfo2: uordblks grew by %zu for %d x 1000 bytes", grew, N);
+    CHECK(b.arena + b.hblkhd >= b.uordblks, "mallinfo2: arena + hblkhd >= uordblks");
+    CHECK(b.usmblks >= b.uordblks || b.usmblks == 0, "mallinfo2: usmblks (peak) consistent");
+    struct mallinfo2 b2 = mallinfo2();
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    struct mallinfo c = mallinfo(); /* deprecated, still exported */
+#pragma GCC diagnostic pop
+    CHECK(c.uordblks == (int)b2.uordblks && c.arena == (int)b2.arena, "mallinfo: uordblks %d, arena %d", c.uordblks,
+          c.arena);
+    CHECK(c.uordblks > 0 && c.arena + c.hblkhd > 0, "mallinfo: plausible figures");
+    void *big = malloc(4 * MiB);
+    CHECK(big != NULL, "malloc(4 MiB) after the trim test = %p", big);
+    struct mallinfo2 d = mallinfo2();
+    /* hblkhd also counts freed mappings kept for reuse, so it need not grow when one is reused. */
+    CHECK(d.hblks == b.hblks + 1 && d.hblkhd >= 4 * MiB, "mallinfo2: 4 MiB block counted in hblks (%zu -> %zu), hblkhd %zu",
+          b.hblks, d.hblks, d.hblkhd);
+    free(big);
+    for (int i = 0; i < N; i++) free(ps[i]);
+    struct mallinfo2 e = mallinfo2();
+    CHECK(e.uordblks < b.uordblks - N * 900, "mallinfo2: uordblks fell after freeing (%zu -> %zu)", b.uordblks,
+          e.uordblks);
+}
+
+static void test_stats_output(void) {
+    /* malloc_stats writes to stderr: catch it in a file. */
+    fflush(stderr);
+    FILE *f = tmpfile();
+    int saved = dup(2);
+    dup2(fileno(f), 2);
+    malloc_stats();
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    char buf[4096];
+    rewind(f);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    CHECK(n > 0 && strstr(buf, "tidemalloc"), "malloc_stats() wrote %zu bytes on stderr", n);
+
+    f = tmpfile();
+    int r = malloc_info(0, f);
+    fflush(f);
+    rewind(f);
+    static char xml[65536];
+    n = fread(xml, 1, sizeof xml - 1, f);
+    xml[n] = 0;
+    fclose(f);
+    CHECK(r == 0 && strstr(xml, "<malloc") && strstr(xml, "</malloc>"), "malloc_info(0, fp) wrote XML (%zu bytes)", n);
+    f = tmpfile();
+    errno = 0;
+    r = malloc_info(1, f);
+    CHECK(r == -1 && errno == EINVAL, "malloc_info(1, fp) == -1, EINVAL");
+    fclose(f);
+}
+
+/* Requests far beyond what the machine has (RAM + swap) fail, as with glibc: the kernel's
+ * default (heuristic) overcommit refuses them, unless the mapping is made with
+ * MAP_NORESERVE. Run by `api beyond-memory` (a test of its own). */
+static void test_beyond_memory(void) {
+    size_t sizes[] = {(size_t)1 << 44, (size_t)64 << 40};
+    for (int i = 0; i < 2; i++) {
+        size_t n = opaque(sizes[i]);
+        void *p;
+        errno = 0, p = malloc(n);
+        CHECK(!p && errno == ENOMEM, "malloc(%zu GiB) (more than RAM + swap): NULL, ENOMEM", n >> 30);
+        free(p);
+        errno = 0, p = calloc(n >> 16, 65536);
+        CHECK(!p && errno == ENOMEM, "calloc(%zu, 65536) (%zu GiB): NULL, ENOMEM", n >> 16, n >> 30);
+        free(p);
+        char *q = malloc(300 * KiB);
+        fill(q, 300 * KiB, 5);
+        errno = 0;
+        char *r = realloc(q, n);
+        CHECK(!r && errno == ENOMEM && check_fill(q, 300 * KiB, 5), "realloc(300 KiB block, %zu GiB): NULL, ENOMEM",
+              n >> 30);
+        free(r ? r : q);
+    }
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc > 1 && strcmp(argv[1], "beyond-memory") == 0) {
+        test_loaded();
+        test_beyond_memory();
+        printf("api beyond-memory: all %d checks passed\n", checks);
+        return 0;
+    }
+    test_loaded();
+    test_malloc_free();
+    test_calloc();
+    test_realloc();
+    test_reallocarray();
+    test_posix_memalign();
+    test_aligned_alloc_memalign();
+    test_valloc_pvalloc();
+    test_free_sized();
+    test_impossible_sizes();
+    test_min_alignment();
+    test_extensions();
+    test_mallopt();
+    test_trim();
+    test_mallinfo();
+    test_stats_output();
+    sink = NULL;
+    printf("api: all %d checks passed\n", checks);
+    return 0;
+}

@@ -1,0 +1,131 @@
+//! Memory goes back to the OS: 1 GiB of small blocks (64 B .. 4 KiB, every page touched),
+//! all freed in random order. Afterwards RSS is back near where it started, the program
+//! break is lower than at the peak and `reserved_brk` has dropped.
+//!
+//! Its own binary, so that nothing else allocates meanwhile.
+
+use tidemalloc::{free, malloc, stats};
+
+#[global_allocator]
+static A: tidemalloc::TideMalloc = tidemalloc::TideMalloc;
+
+mod common;
+use common::{Rng, rss, sbrk0};
+
+const TOTAL: usize = 1 << 30;
+const MIB: usize = 1 << 20;
+
+#[test]
+fn freeing_a_gib_of_small_blocks_returns_memory() {
+    let mut rng = Rng::new(0x4E7_0000);
+    let mut blocks: Vec<(usize, usize)> = Vec::with_capacity(TOTAL / 1024);
+    let rss0 = rss();
+    let brk0 = sbrk0();
+    let s0 = stats();
+
+    let mut total = 0;
+    while total < TOTAL {
+        let size = rng.range(64, 4096);
+        let p = malloc(size);
+        assert!(!p.is_null(), "malloc({size}) failed after {total} bytes");
+        // Touch every page of the block; the first word names the block.
+        // SAFETY: a fresh block of `size` bytes.
+        unsafe {
+            p.cast::<u64>().write(p as u64 ^ size as u64);
+            let mut o = 4096 - (p as usize % 4096);
+            while o < size {
+                p.add(o).write(0x5A);
+                o += 4096;
+            }
+            p.add(size - 1).write(0xA5);
+        }
+        blocks.push((p as usize, size));
+        total += size;
+    }
+    let rss_peak = rss();
+    let brk_peak = sbrk0();
+    let s_peak = stats();
+    eprintln!(
+        "memory_return: {} blocks; rss {} -> {} MiB, break +{} MiB, {s_peak:?}",
+        blocks.len(),
+        rss0 / MIB,
+        rss_peak / MIB,
+        (brk_peak - brk0) / MIB
+    );
+    assert!(rss_peak >= rss0 + 900 * MIB, "1 GiB of touched blocks is not resident: rss {rss0} -> {rss_peak}");
+    assert!(brk_peak >= brk0 + 900 * MIB, "1 GiB of small blocks did not come from the break");
+    assert!(s_peak.reserved_brk >= s0.reserved_brk + 900 * MIB);
+    assert!(s_peak.in_use >= s0.in_use + TOTAL);
+
+    rng.shuffle(&mut blocks);
+    for &(p, size) in &blocks {
+        let p = p as *mut u8;
+        // SAFETY: a live block of `size` bytes, freed once.
+        unsafe {
+            assert_eq!(p.cast::<u64>().read(), p as u64 ^ size as u64, "block {p:p} was overwritten");
+            assert_eq!(p.add(size - 1).read(), 0xA5, "block {p:p} was overwritten");
+            free(p);
+        }
+    }
+    drop(blocks);
+
+    // Stage 1: right after the frees, without any explicit trim.
+    let rss1 = rss();
+    let brk1 = sbrk0();
+    let s1 = stats();
+    eprintln!(
+        "memory_return: after free: rss {} MiB, break {:+} MiB from the peak, {s1:?}",
+        rss1 / MIB,
+        (brk1 as isize - brk_peak as isize) / MIB as isize
+    );
+    let mut failures = Vec::new();
+    if s1.in_use > s0.in_use + MIB {
+        failures.push(format!("in_use {} after freeing everything (start {})", s1.in_use, s0.in_use));
+    }
+    if rss1 > rss0 + 64 * MIB {
+        failures.push(format!(
+            "RSS did not fall back within 64 MiB: start {} MiB, peak {} MiB, after free {} MiB",
+            rss0 / MIB,
+            rss_peak / MIB,
+            rss1 / MIB
+        ));
+    }
+    if brk1 >= brk_peak {
+        failures.push(format!("the program break did not go down: peak {brk_peak:#x}, after free {brk1:#x}"));
+    }
+    if s1.reserved_brk >= s_peak.reserved_brk {
+        failures.push(format!("reserved_brk did not drop: peak {}, after free {}", s_peak.reserved_brk, s1.reserved_brk));
+    }
+
+    // Stage 2: an explicit trim(0) gives back the free top of the break. Nothing is in use,
+    // so at least half of what the break grew must go.
+    assert!(tidemalloc::trim(0), "trim(0) returned nothing although everything was free");
+    let rss2 = rss();
+    let brk2 = sbrk0();
+    let s2 = stats();
+    eprintln!(
+        "memory_return: after trim(0): rss {} MiB, break {:+} MiB from the peak, {s2:?}",
+        rss2 / MIB,
+        (brk2 as isize - brk_peak as isize) / MIB as isize
+    );
+    if rss2 > rss0 + 64 * MIB {
+        failures.push(format!("after trim(0) RSS is {} MiB (start {} MiB)", rss2 / MIB, rss0 / MIB));
+    }
+    let grown = brk_peak - brk0;
+    if brk2 > brk0 + grown / 2 {
+        failures.push(format!(
+            "after trim(0) the break is still {} MiB above the start (it grew {} MiB, nothing is in use)",
+            (brk2 - brk0) / MIB,
+            grown / MIB
+        ));
+    }
+    if s2.reserved_brk > s0.reserved_brk + (s_peak.reserved_brk - s0.reserved_brk) / 2 {
+        failures.push(format!(
+            "after trim(0) reserved_brk is {} MiB (start {} MiB, peak {} MiB)",
+            s2.reserved_brk / MIB,
+            s0.reserved_brk / MIB,
+            s_peak.reserved_brk / MIB
+        ));
+    }
+    assert!(failures.is_empty(), "memory was not returned:\n  {}", failures.join("\n  "));
+}
