@@ -449,7 +449,9 @@ impl Heap {
         self.in_use.add(-(page.block_size as isize));
         // SAFETY: per the contract.
         unsafe { page.push_local(b) };
-        if page.used == 0 {
+        // An empty page that is its class's only page stays (checked here, not in a call:
+        // a single block allocated and freed over and over must stay on the fast path).
+        if page.used == 0 && !(page.prev.is_null() && page.next.is_null()) {
             self.page_emptied(page);
         }
     }
@@ -462,10 +464,6 @@ impl Heap {
         // SAFETY: `page` is a live page of one of our segments; this reference ends before
         // the segment is touched.
         let (class, area) = unsafe { ((*page).class as usize, (*page).area) };
-        let q = self.bins[class];
-        if q.first == page && q.last == page {
-            return;
-        }
         // SAFETY: as above.
         self.queue_unlink(class, unsafe { &mut *page });
         // SAFETY: the page's segment is live and ours.
