@@ -88,8 +88,8 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
         return ptr::null_mut();
     }
     let cached = if align <= PAGE_SIZE { LARGE.lock().cache_take(len) } else { None };
-    let (base, len, fresh) = match cached {
-        Some((b, l)) => (b, l, false),
+    let (base, len, fresh) = match cached.and_then(|c| resize_cached(c, len)) {
+        Some(b) => (b, len, false),
         None => {
             let b = os::mmap_anon(len);
             if b.is_null() {
@@ -112,6 +112,23 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     }
     stats::flush_in_use(len as isize);
     user as *mut u8
+}
+
+/// Makes the cached mapping `(base, have)` exactly `len` bytes long, keeping its resident
+/// pages (shrinking unmaps the tail; growing lets the kernel move page tables). None if the
+/// kernel refused (the mapping is then unmapped).
+fn resize_cached((base, have): (usize, usize), len: usize) -> Option<usize> {
+    if have == len {
+        return Some(base);
+    }
+    // SAFETY: the cached mapping belongs to no block; it is exactly [base, base+have).
+    let q = unsafe { os::mremap(base as *mut u8, have, len, true) };
+    if q.is_null() {
+        // SAFETY: as above.
+        unsafe { os::munmap(base as *mut u8, have) };
+        return None;
+    }
+    Some(q as usize)
 }
 
 /// Frees `p` if it is a live large block; false if it is not one (foreign or already freed).
@@ -307,12 +324,9 @@ impl Large {
         true
     }
 
-    /// Takes the smallest cached mapping of at least `len` and at most 1.5 `len` bytes.
+    /// Takes the cached mapping closest in size to `len` bytes (the caller resizes it).
     fn cache_take(&mut self, len: usize) -> Option<(usize, usize)> {
-        let limit = len + len / 2;
-        let i = (0..self.ncache)
-            .filter(|&i| (len..=limit).contains(&self.cache[i].1))
-            .min_by_key(|&i| self.cache[i].1)?;
+        let i = (0..self.ncache).min_by_key(|&i| self.cache[i].1.abs_diff(len))?;
         let e = self.cache[i];
         self.cache.copy_within(i + 1..self.ncache, i);
         self.ncache -= 1;

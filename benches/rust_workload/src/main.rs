@@ -207,6 +207,7 @@ fn map_phase(n: u64) -> u64 {
 fn json_chunk(lo: u64, hi: u64) -> (u64, u64) {
     let doc: Vec<Record> = (lo..hi).map(make_record).collect();
     let text = serde_json::to_string(&doc).unwrap_or_else(|e| fail(&format!("serialize: {e}")));
+    verbose(&format!("chunk {lo}..{hi}: {} bytes of JSON", text.len()));
     let back: Vec<Record> = serde_json::from_str(&text).unwrap_or_else(|e| fail(&format!("parse: {e}")));
     if back != doc {
         fail("JSON round trip changed the document");
@@ -220,7 +221,20 @@ fn json_chunk(lo: u64, hi: u64) -> (u64, u64) {
     (h, nodes)
 }
 
+/// Progress on stderr when RUST_WORKLOAD_VERBOSE is set.
+fn verbose(msg: &str) {
+    if std::env::var_os("RUST_WORKLOAD_VERBOSE").is_some() {
+        eprintln!("[{:.3} s] {msg}", start().elapsed().as_secs_f64());
+    }
+}
+
+fn start() -> &'static std::time::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now)
+}
+
 fn main() {
+    start();
     let args: Vec<String> = std::env::args().collect();
     let scale: f64 = args.get(1).map_or(Ok(1.0), |s| s.parse()).unwrap_or(-1.0);
     let threads: u64 = args.get(2).map_or(Ok(2), |s| s.parse()).unwrap_or(0);
@@ -232,6 +246,7 @@ fn main() {
     let n_rec = ((180_000.0 * scale) as u64).max(threads);
 
     let map_hash = map_phase(n_map);
+    verbose("map phase done");
 
     let per = n_rec / threads;
     let results: Vec<(u64, u64)> = std::thread::scope(|s| {
@@ -244,6 +259,7 @@ fn main() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| fail("thread panicked"))).collect()
     });
+    verbose("json phase done");
     let mut doc_hash = 0u64;
     let mut nodes = 0u64;
     for (h, n) in results {
