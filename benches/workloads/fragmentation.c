@@ -47,7 +47,7 @@ static uint8_t *make(size_t size) {
     p[size - 1] = (uint8_t)(tag >> 8);
     return p;
 }
-static uint64_t kill(uint8_t **slot) {
+static uint64_t retire(uint8_t **slot) {
     uint8_t *p = *slot;
     if (!p) fail("empty slot");
     uint32_t size, tag;
@@ -79,15 +79,15 @@ int main(int argc, char **argv) {
     uint64_t sum = 0;
     for (int round = 0; round < ROUNDS; round++) {
         for (size_t i = 0; i < n; i++) slot[i] = make(small_or_page());
-        for (size_t i = 1; i < n; i += 2) sum += kill(&slot[i]);
+        for (size_t i = 1; i < n; i += 2) sum += retire(&slot[i]);
         for (size_t i = 1; i < n; i += 2) slot[i] = make(300 + below(701));
         for (size_t i = 0; i < n; i++)
-            if (i % 4 < 2) sum += kill(&slot[i]);
+            if (i % 4 < 2) sum += retire(&slot[i]);
         for (size_t i = 0; i < n; i += 4) slot[i] = make(16 + below(49));
         for (size_t i = 0; i < n; i++) {
             if (!slot[i]) continue;
             if (i % 16 == 3 || i % 16 == 14) kept[nkept++] = slot[i], slot[i] = NULL;
-            else sum += kill(&slot[i]);
+            else sum += retire(&slot[i]);
         }
         sum = sum * 31 + nkept;
     }
@@ -97,7 +97,7 @@ int main(int argc, char **argv) {
     if (!f || fscanf(f, "%ld %ld", &size_pages, &rss_pages) != 2) fail("reading /proc/self/statm");
     fclose(f);
     long rss_kb = rss_pages * (sysconf(_SC_PAGESIZE) / 1024);
-    for (size_t i = 0; i < nkept; i++) sum += kill(&kept[i]);
+    for (size_t i = 0; i < nkept; i++) sum += retire(&kept[i]);
     free(slot);
     free(kept);
     printf("checksum %llu\nfinal_rss_kb %ld\n", (unsigned long long)sum, rss_kb);

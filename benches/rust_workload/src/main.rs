@@ -3,10 +3,10 @@
 //! Usage: `rust-workload SCALE THREADS`. Prints `checksum <u64>`; exits 1 on a
 //! consistency failure.
 //!
-//! 1. Builds a `BTreeMap<String, Vec<String>>` of 300 000 * SCALE entries, then
+//! 1. Builds a `BTreeMap<String, Vec<String>>` of 200 000 * SCALE entries, then
 //!    mutates it (appends to values, removes entries, inserts new ones) and hashes it.
 //! 2. Builds a document of 180 000 * SCALE records (strings, numbers, nested vectors;
-//!    about 75 MB of JSON at SCALE 1.0), split into THREADS chunks processed in
+//!    about 63 MB of JSON at SCALE 1.0), split into THREADS chunks processed in
 //!    parallel: each chunk is serialized with serde_json to a `String`, parsed back,
 //!    compared with the original and also parsed into a `serde_json::Value`.
 //!
@@ -242,7 +242,7 @@ fn main() {
         eprintln!("usage: rust-workload SCALE THREADS");
         exit(2);
     }
-    let n_map = ((300_000.0 * scale) as u64).max(100);
+    let n_map = ((200_000.0 * scale) as u64).max(100);
     let n_rec = ((180_000.0 * scale) as u64).max(threads);
 
     let map_hash = map_phase(n_map);
