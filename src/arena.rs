@@ -93,8 +93,15 @@ pub fn alloc_segments(n: usize) -> Option<Segments> {
         let mut a = ARENA.lock();
         let now = os::now_ms();
         a.purge(now, false);
-        if let Some((p, dirty)) = a.take_first_fit(n) {
-            return Some(Segments { base: p as *mut u8, from_mmap: false, zeroed: !dirty });
+        if let Some((p, fresh)) = a.take_first_fit(n) {
+            return Some(Segments { base: p as *mut u8, from_mmap: false, zeroed: fresh == n });
+        }
+        // No free run fits: fresh memory will be faulted in, so release as much resident
+        // memory (the oldest freed) in exchange, keeping RSS level; released spans may join
+        // into a fit.
+        a.purge_bytes(bytes);
+        if let Some((p, fresh)) = a.take_first_fit(n) {
+            return Some(Segments { base: p as *mut u8, from_mmap: false, zeroed: fresh == n });
         }
         if let Some(p) = a.grow(n) {
             return Some(Segments { base: p as *mut u8, from_mmap: false, zeroed: true });
@@ -172,24 +179,43 @@ pub unsafe fn unlock_after_fork() {
 }
 
 impl Arena {
-    /// Takes `n` segments from the lowest dirty span that has room, else the lowest clean
-    /// one. Returns the address and whether the memory is dirty.
-    fn take_first_fit(&mut self, n: usize) -> Option<(usize, bool)> {
-        let fits = |s: &Span, dirty: bool| s.segs >= n && s.dirty == dirty;
-        let i = (0..self.nspans)
-            .find(|&i| fits(&self.spans[i], true))
-            .or_else(|| (0..self.nspans).find(|&i| fits(&self.spans[i], false)))?;
-        let s = &mut self.spans[i];
-        let (p, dirty) = (s.start, s.dirty);
-        s.start += n << SEGMENT_SHIFT;
-        s.segs -= n;
-        if dirty {
-            self.dirty_bytes -= n << SEGMENT_SHIFT;
+    /// Takes `n` segments from the lowest run of adjacent free spans that has room, the
+    /// runs holding resident (dirty) memory first. Returns the address and how many of the
+    /// segments were not resident.
+    fn take_first_fit(&mut self, n: usize) -> Option<(usize, usize)> {
+        let run = |resident: bool| {
+            (0..self.nspans).find_map(|i| {
+                let (mut j, mut total, mut dirty) = (i, self.spans[i].segs, self.spans[i].dirty);
+                while total < n && j + 1 < self.nspans && self.spans[j].end() == self.spans[j + 1].start {
+                    j += 1;
+                    total += self.spans[j].segs;
+                    dirty |= self.spans[j].dirty;
+                }
+                (total >= n && (dirty || !resident)).then_some((i, j))
+            })
+        };
+        let (first, last) = run(true).or_else(|| run(false))?;
+        let start = self.spans[first].start;
+        let (mut left, mut fresh, mut emptied) = (n, 0, 0);
+        for k in first..=last {
+            let s = &mut self.spans[k];
+            let take = left.min(s.segs);
+            s.start += take << SEGMENT_SHIFT;
+            s.segs -= take;
+            left -= take;
+            if s.dirty {
+                self.dirty_bytes -= take << SEGMENT_SHIFT;
+            } else {
+                fresh += take;
+            }
+            if s.segs == 0 {
+                emptied += 1;
+            }
         }
-        if self.spans[i].segs == 0 {
-            self.remove(i);
-        }
-        Some((p, dirty))
+        // Emptied spans are exactly the leading ones of the run.
+        self.spans.copy_within(first + emptied..self.nspans, first);
+        self.nspans -= emptied;
+        Some((start, fresh))
     }
 
     /// Grows the break by at least `n` segments; the extra goes to the free list (clean).
@@ -224,6 +250,30 @@ impl Arena {
         Some(start)
     }
 
+    /// Purges the oldest dirty spans until at least `bytes` were released (or none is left).
+    fn purge_bytes(&mut self, bytes: usize) {
+        let target = self.dirty_bytes.saturating_sub(bytes);
+        while self.dirty_bytes > target {
+            let Some(i) = self.oldest_dirty() else { break };
+            self.purge_span(i);
+        }
+        self.trim_top(options::get(Opt::TrimThreshold), options::get(Opt::TopPad));
+    }
+
+    fn oldest_dirty(&self) -> Option<usize> {
+        (0..self.nspans).filter(|&i| self.spans[i].dirty).min_by_key(|&i| self.spans[i].since)
+    }
+
+    /// Releases the memory of dirty span `i`, which becomes clean.
+    fn purge_span(&mut self, i: usize) {
+        let s = self.spans[i];
+        // SAFETY: a free span holds no live block.
+        unsafe { os::madvise_free(s.start as *mut u8, s.segs << SEGMENT_SHIFT) };
+        self.dirty_bytes -= s.segs << SEGMENT_SHIFT;
+        self.remove(i);
+        self.insert(Span { dirty: false, since: 0, ..s });
+    }
+
     /// Purges dirty spans freed more than the purge delay ago (all of them with `all`, and
     /// the oldest beyond the dirty cap), then lowers the break over a clean free top beyond
     /// the trim threshold. Returns true if anything was purged.
@@ -231,24 +281,11 @@ impl Arena {
         let delay = options::get(Opt::PurgeDelay) as u64;
         let cap = options::get(Opt::DirtyMax);
         let mut purged = false;
-        loop {
-            let mut oldest: Option<usize> = None;
-            for i in 0..self.nspans {
-                let s = &self.spans[i];
-                if s.dirty && oldest.is_none_or(|o| s.since < self.spans[o].since) {
-                    oldest = Some(i);
-                }
-            }
-            let Some(i) = oldest else { break };
-            let s = self.spans[i];
-            if !(all || s.since + delay <= now || self.dirty_bytes > cap) {
+        while let Some(i) = self.oldest_dirty() {
+            if !(all || self.spans[i].since + delay <= now || self.dirty_bytes > cap) {
                 break;
             }
-            // SAFETY: a free span holds no live block.
-            unsafe { os::madvise_free(s.start as *mut u8, s.segs << SEGMENT_SHIFT) };
-            self.dirty_bytes -= s.segs << SEGMENT_SHIFT;
-            self.remove(i);
-            self.insert(Span { dirty: false, since: 0, ..s });
+            self.purge_span(i);
             purged = true;
         }
         let next = (0..self.nspans).filter(|&i| self.spans[i].dirty).map(|i| self.spans[i].since + delay).min();

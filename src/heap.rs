@@ -329,6 +329,7 @@ impl Heap {
     pub fn alloc_slow(&mut self, class: usize, zero: bool) -> *mut u8 {
         self.in_use.flush();
         arena::purge_if_due();
+        crate::large::purge_if_due();
         let Some(page) = self.find_page(class) else { return ptr::null_mut() };
         self.pop_from(page, zero)
     }

@@ -7,15 +7,17 @@
 //!   a live large block. A pointer it does not know is foreign, or freed twice.
 //! - realloc grows with `mremap(MREMAP_MAYMOVE)` (the kernel moves page tables, no byte is
 //!   copied) and shrinks in place.
-//! - Freed mappings are kept in a small cache (bounded by the `LargeCache` option) and handed
-//!   out again for requests of about the same size: page faults are the expensive part of a
-//!   large block, and a reused mapping has its pages already.
+//! - Freed mappings are kept in a small cache (bounded by the `LargeCache` option, each kept
+//!   at most the purge delay) and handed out again, resized with mremap, for the next large
+//!   request: page faults are the expensive part of a large block, and a reused mapping has
+//!   its pages already.
 
 use crate::lock::Lock;
 use crate::options::{self, Opt};
 use crate::os::{self, PAGE_SIZE};
 use crate::stats;
 use core::ptr;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Bytes of header before each large block's user pointer.
 const HEADER: usize = 32;
@@ -29,7 +31,43 @@ struct Header {
 }
 
 /// Cached mappings kept at most.
-const CACHE_SLOTS: usize = 16;
+const CACHE_SLOTS: usize = 32;
+
+/// A freed mapping kept for reuse.
+#[derive(Clone, Copy)]
+struct Cached {
+    base: usize,
+    len: usize,
+    /// When it was freed (ms).
+    since: u64,
+}
+
+/// Mappings taken out of the cache, to unmap once the lock is released.
+struct Evicted {
+    list: [(usize, usize); CACHE_SLOTS],
+    n: usize,
+}
+
+impl Evicted {
+    const fn new() -> Self {
+        Evicted { list: [(0, 0); CACHE_SLOTS], n: 0 }
+    }
+    fn push(&mut self, c: Cached) {
+        self.list[self.n] = (c.base, c.len);
+        self.n += 1;
+    }
+    /// Unmaps them all; true if there was any.
+    fn unmap(self) -> bool {
+        for &(b, len) in &self.list[..self.n] {
+            // SAFETY: evicted mappings belong to no block and are out of the cache.
+            unsafe { os::munmap(b as *mut u8, len) };
+        }
+        self.n > 0
+    }
+}
+
+/// When the oldest cached mapping is due to be unmapped (ms), 0 when the cache is empty.
+static CACHE_DUE: AtomicU64 = AtomicU64::new(0);
 
 struct Large {
     /// Open-addressing (linear probing) set of live user pointers; 0 marks an empty slot.
@@ -38,8 +76,8 @@ struct Large {
     cap: usize,
     /// Live entries.
     count: usize,
-    /// Freed mappings (base, len) kept for reuse, oldest first.
-    cache: [(usize, usize); CACHE_SLOTS],
+    /// Freed mappings kept for reuse, oldest first.
+    cache: [Cached; CACHE_SLOTS],
     ncache: usize,
     cache_bytes: usize,
 }
@@ -51,7 +89,7 @@ static LARGE: Lock<Large> = Lock::new(Large {
     table: ptr::null_mut(),
     cap: 0,
     count: 0,
-    cache: [(0, 0); CACHE_SLOTS],
+    cache: [Cached { base: 0, len: 0, since: 0 }; CACHE_SLOTS],
     ncache: 0,
     cache_bytes: 0,
 });
@@ -140,13 +178,31 @@ pub fn free(p: *mut u8) -> bool {
     // SAFETY: the registry says `p` is a live large block, so its header is ours to read.
     let h = unsafe { (p as *const Header).sub(1).read() };
     stats::flush_in_use(-(h.len as isize));
-    if l.cache_put(h.base, h.len) {
-        return true;
-    }
+    options::adapt_threshold(h.len);
+    let mut evicted = Evicted::new();
+    // Keep it only if blocks its size still get mappings (the threshold may have just risen).
+    let kept = h.len >= options::get(Opt::MmapThreshold) && l.cache_put(Cached { base: h.base, len: h.len, since: os::now_ms() }, &mut evicted);
     drop(l);
-    // SAFETY: the mapping belonged to the block just freed; nothing refers to it.
-    unsafe { os::munmap(h.base as *mut u8, h.len) };
+    evicted.unmap();
+    if !kept {
+        // SAFETY: the mapping belonged to the block just freed; nothing refers to it.
+        unsafe { os::munmap(h.base as *mut u8, h.len) };
+    }
     true
+}
+
+/// Unmaps cached mappings older than the purge delay (cheap when none is due). Called from
+/// the heaps' slow paths.
+#[inline]
+pub fn purge_if_due() {
+    let due = CACHE_DUE.load(Ordering::Relaxed);
+    if due != 0 && os::now_ms() >= due {
+        let mut evicted = Evicted::new();
+        if let Some(mut l) = LARGE.try_lock() {
+            l.cache_expire(os::now_ms(), &mut evicted);
+        }
+        evicted.unmap();
+    }
 }
 
 /// Whether `p` is a live large block.
@@ -201,17 +257,9 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
 
 /// Unmaps every cached mapping. Returns true if there was any.
 pub fn flush_cache() -> bool {
-    let mut l = LARGE.lock();
-    let n = l.ncache;
-    let cache = l.cache;
-    l.ncache = 0;
-    l.cache_bytes = 0;
-    drop(l);
-    for &(b, len) in &cache[..n] {
-        // SAFETY: cached mappings belong to no block.
-        unsafe { os::munmap(b as *mut u8, len) };
-    }
-    n > 0
+    let mut evicted = Evicted::new();
+    LARGE.lock().cache_expire(u64::MAX, &mut evicted);
+    evicted.unmap()
 }
 
 /// Live large blocks.
@@ -326,24 +374,45 @@ impl Large {
 
     /// Takes the cached mapping closest in size to `len` bytes (the caller resizes it).
     fn cache_take(&mut self, len: usize) -> Option<(usize, usize)> {
-        let i = (0..self.ncache).min_by_key(|&i| self.cache[i].1.abs_diff(len))?;
+        let i = (0..self.ncache).min_by_key(|&i| self.cache[i].len.abs_diff(len))?;
         let e = self.cache[i];
-        self.cache.copy_within(i + 1..self.ncache, i);
-        self.ncache -= 1;
-        self.cache_bytes -= e.1;
-        Some(e)
+        self.cache_remove(i);
+        Some((e.base, e.len))
     }
 
-    /// Keeps a freed mapping for reuse if the cache has room (evicting nothing: a full cache
-    /// means the program is not reusing what it has). False if the caller must unmap it.
-    fn cache_put(&mut self, base: usize, len: usize) -> bool {
+    fn cache_remove(&mut self, i: usize) {
+        self.cache_bytes -= self.cache[i].len;
+        self.cache.copy_within(i + 1..self.ncache, i);
+        self.ncache -= 1;
+        CACHE_DUE.store(if self.ncache == 0 { 0 } else { self.cache[0].since + options::get(Opt::PurgeDelay) as u64 }, Ordering::Relaxed);
+    }
+
+    /// Keeps a freed mapping for reuse, evicting the oldest ones to make room. False if it
+    /// is larger than the whole cache (the caller unmaps it).
+    fn cache_put(&mut self, c: Cached, evicted: &mut Evicted) -> bool {
         let budget = options::get(Opt::LargeCache);
-        if self.ncache == CACHE_SLOTS || self.cache_bytes + len > budget {
+        if c.len > budget {
             return false;
         }
-        self.cache[self.ncache] = (base, len);
+        while self.ncache > 0 && (self.ncache == CACHE_SLOTS || self.cache_bytes + c.len > budget) {
+            evicted.push(self.cache[0]);
+            self.cache_remove(0);
+        }
+        self.cache[self.ncache] = c;
         self.ncache += 1;
-        self.cache_bytes += len;
+        self.cache_bytes += c.len;
+        if self.ncache == 1 {
+            CACHE_DUE.store(c.since + options::get(Opt::PurgeDelay) as u64, Ordering::Relaxed);
+        }
         true
+    }
+
+    /// Evicts the cached mappings freed at or before `now` minus the purge delay.
+    fn cache_expire(&mut self, now: u64, evicted: &mut Evicted) {
+        let delay = options::get(Opt::PurgeDelay) as u64;
+        while self.ncache > 0 && self.cache[0].since.saturating_add(delay) <= now {
+            evicted.push(self.cache[0]);
+            self.cache_remove(0);
+        }
     }
 }

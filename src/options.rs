@@ -4,7 +4,7 @@
 //! Values accept K, M and G suffixes (powers of 1024). A malformed value prints a warning on
 //! stderr and the default stays.
 
-use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
 /// Which tunable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +43,7 @@ const SPECS: [Spec; 8] = [
     Spec { opt: Opt::TrimThreshold, default: 128 << 10, max: usize::MAX / 2, env: b"TIDEMALLOC_TRIM_THRESHOLD", glibc_env: b"MALLOC_TRIM_THRESHOLD_" },
     Spec { opt: Opt::TopPad, default: 0, max: 1 << 30, env: b"TIDEMALLOC_TOP_PAD", glibc_env: b"MALLOC_TOP_PAD_" },
     Spec { opt: Opt::MmapMax, default: 65536, max: usize::MAX / 2, env: b"TIDEMALLOC_MMAP_MAX", glibc_env: b"MALLOC_MMAP_MAX_" },
-    Spec { opt: Opt::LargeCache, default: 64 << 20, max: usize::MAX / 2, env: b"TIDEMALLOC_LARGE_CACHE", glibc_env: b"" },
+    Spec { opt: Opt::LargeCache, default: 128 << 20, max: usize::MAX / 2, env: b"TIDEMALLOC_LARGE_CACHE", glibc_env: b"" },
     Spec { opt: Opt::ShowStats, default: 0, max: 1, env: b"TIDEMALLOC_SHOW_STATS", glibc_env: b"" },
     Spec { opt: Opt::PurgeDelay, default: 1000, max: 1 << 40, env: b"TIDEMALLOC_PURGE_DELAY", glibc_env: b"" },
     Spec { opt: Opt::DirtyMax, default: 256 << 20, max: usize::MAX / 2, env: b"TIDEMALLOC_DIRTY_MAX", glibc_env: b"" },
@@ -59,6 +59,29 @@ static VALUES: [AtomicUsize; SPECS.len()] = {
     v
 };
 
+/// Set once the program chose the mmap threshold, trim threshold, top pad or mmap max
+/// itself (environment, `mallopt`, Rust API): from then on the threshold no longer adapts.
+static FIXED: AtomicBool = AtomicBool::new(false);
+
+/// Largest value the mmap threshold adapts up to (glibc's DEFAULT_MMAP_THRESHOLD_MAX).
+pub const DYNAMIC_THRESHOLD_MAX: usize = 32 << 20;
+
+fn fixes_threshold(opt: Opt) -> bool {
+    matches!(opt, Opt::MmapThreshold | Opt::TrimThreshold | Opt::TopPad | Opt::MmapMax)
+}
+
+/// glibc's dynamic threshold: a freed large block of `len` bytes shows the program uses
+/// blocks that size over and over, so (unless the program fixed the threshold) blocks up to
+/// that size come from the arena from now on, where freed memory is reused without page
+/// faults; the trim threshold follows at twice the mmap threshold.
+pub fn adapt_threshold(len: usize) {
+    if FIXED.load(Relaxed) || len <= get(Opt::MmapThreshold) || len > DYNAMIC_THRESHOLD_MAX {
+        return;
+    }
+    VALUES[Opt::MmapThreshold as usize].store(len, Relaxed);
+    VALUES[Opt::TrimThreshold as usize].store(2 * len, Relaxed);
+}
+
 /// The current value of a tunable.
 #[inline(always)]
 pub fn get(opt: Opt) -> usize {
@@ -72,6 +95,9 @@ pub fn set(opt: Opt, value: usize) -> bool {
         return false;
     }
     VALUES[opt as usize].store(value, Relaxed);
+    if fixes_threshold(opt) {
+        FIXED.store(true, Relaxed);
+    }
     true
 }
 
@@ -87,6 +113,9 @@ pub(crate) fn load_from_env() {
             match parse_size(text) {
                 Some(v) if v <= spec.max => {
                     VALUES[spec.opt as usize].store(v, Relaxed);
+                    if fixes_threshold(spec.opt) {
+                        FIXED.store(true, Relaxed);
+                    }
                 }
                 _ => warn_bad_value(name, text),
             }
