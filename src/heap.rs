@@ -282,7 +282,11 @@ extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
 // ---- fork ----
 
 extern "C" fn fork_prepare() {
-    // The same order as everywhere else: backup heap, heap memory, abandoned list, arena.
+    // The same order as everywhere else: the forking thread's segments (`trim` on another
+    // thread may hold them), backup heap, heap memory, abandoned list, arena, large blocks.
+    if let Some(h) = current() {
+        crate::lock::hold(h.segs());
+    }
     crate::lock::hold(&BACKUP);
     crate::lock::hold(&META);
     crate::lock::hold(&ABANDONED);
@@ -310,6 +314,9 @@ unsafe fn release_fork_locks() {
         crate::lock::force_unlock(&ABANDONED);
         crate::lock::force_unlock(&META);
         crate::lock::force_unlock(&BACKUP);
+        if let Some(h) = current() {
+            crate::lock::force_unlock(h.segs());
+        }
     }
 }
 

@@ -92,6 +92,9 @@ static void test_loaded(void) {
     struct tidemalloc_stats s = stats();
     CHECK(p && s.in_use >= 100, "malloc(100) is counted by tidemalloc (in_use=%zu)", s.in_use);
     free(p);
+    /* Before any large block is freed (which may raise it, as glibc's dynamic threshold). */
+    CHECK(tidemalloc_get_mmap_threshold() == 128 * KiB, "default mmap threshold is 128 KiB (%zu)",
+          tidemalloc_get_mmap_threshold());
 }
 
 static void test_malloc_free(void) {
@@ -146,6 +149,25 @@ static void test_calloc(void) {
         for (size_t i = 0; i < N; i++)
             for (int r = 0; r < REP; r++) free(ps[i][r]);
     }
+    /* Many segments' worth: freed segments go back to the arena (possibly still dirty) and
+     * calloc must clear whatever it reuses, for every size class. */
+    enum { MANY = 60000 };
+    static void *many[MANY];
+    for (int i = 0; i < MANY; i++) {
+        size_t n = 16 + (size_t)(i % 97) * 40;
+        many[i] = malloc(n);
+        if (!many[i]) CHECK(0, "malloc(%zu) for dirtying", n);
+        memset(many[i], 0xC3, n);
+    }
+    for (int i = 0; i < MANY; i++) free(many[i]);
+    for (int i = 0; i < MANY; i++) {
+        size_t n = 16 + (size_t)((i * 7) % 113) * 36;
+        many[i] = calloc(n, 1);
+        if (!many[i] || !all_zero(many[i], n)) CHECK(0, "calloc(%zu, 1) #%d after freeing ~120 MiB is zeroed", n, i);
+    }
+    for (int i = 0; i < MANY; i++) free(many[i]);
+    CHECK(1, "%d callocs of 16..4048 bytes after freeing %d dirty blocks: all zeroed", MANY, MANY);
+
     int *a = calloc(1000, sizeof(int));
     CHECK(a && all_zero(a, 1000 * sizeof(int)), "calloc(1000, sizeof(int)) zeroed");
     free(a);
@@ -204,6 +226,28 @@ static void test_realloc(void) {
             free(q);
         }
     }
+}
+
+/* realloc of blocks from the aligned entry points (any alignment, any kind of block). */
+static void test_realloc_aligned(void) {
+    size_t aligns[] = {32, 256, 4096, 65536, 1 << 20, 4 << 20};
+    size_t sizes[] = {24, 600, 5000, 100 * KiB, 300 * KiB, 3 * MiB};
+    size_t targets[] = {10, 1000, 50 * KiB, 200 * KiB, 1 * MiB, 9 * MiB};
+    for (size_t a = 0; a < sizeof aligns / sizeof *aligns; a++)
+        for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++)
+            for (size_t t = 0; t < sizeof targets / sizeof *targets; t++) {
+                size_t n = sizes[s], m = targets[t];
+                char *p = memalign(aligns[a], n);
+                CHECK(p && aligned_to(p, aligns[a]), "memalign(%zu, %zu)", aligns[a], n);
+                fill(p, n, (unsigned)(a + s + t));
+                char *q = realloc(p, m);
+                size_t keep = n < m ? n : m;
+                if (!q || !check_fill(q, keep, (unsigned)(a + s + t)) || malloc_usable_size(q) < m)
+                    CHECK(0, "realloc(memalign(%zu, %zu), %zu) keeps %zu bytes", aligns[a], n, m, keep);
+                fill(q, m, 1);
+                free(q);
+            }
+    CHECK(1, "realloc of memalign'd blocks (alignment 32 .. 4 MiB, sizes 24 .. 3 MiB) to 10 .. 9 MiB keeps the data");
 }
 
 static void test_reallocarray(void) {
@@ -467,9 +511,10 @@ static void test_mallopt(void) {
 }
 
 static void test_extensions(void) {
-    CHECK(tidemalloc_get_mmap_threshold() == 128 * KiB, "tidemalloc_get_mmap_threshold() == 128 KiB");
+    size_t t0 = tidemalloc_get_mmap_threshold();
+    CHECK(t0 >= 128 * KiB, "tidemalloc_get_mmap_threshold() = %zu", t0);
     CHECK(tidemalloc_set_mmap_threshold((size_t)2 << 30) == 0, "tidemalloc_set_mmap_threshold(2 GiB) == 0");
-    CHECK(tidemalloc_get_mmap_threshold() == 128 * KiB, "out-of-range value changed nothing");
+    CHECK(tidemalloc_get_mmap_threshold() == t0, "out-of-range value changed nothing");
     CHECK(tidemalloc_set_mmap_threshold((size_t)1 << 30) == 1, "tidemalloc_set_mmap_threshold(1 GiB) == 1");
     CHECK(tidemalloc_get_mmap_threshold() == (size_t)1 << 30, "threshold is 1 GiB");
     struct tidemalloc_stats a = stats();
@@ -629,6 +674,7 @@ int main(int argc, char **argv) {
     test_malloc_free();
     test_calloc();
     test_realloc();
+    test_realloc_aligned();
     test_reallocarray();
     test_posix_memalign();
     test_aligned_alloc_memalign();

@@ -154,7 +154,8 @@ static void make(struct blk *b, uint64_t *rng, uint64_t id, struct counts *c) {
         c->callocs++;
         if (b->p && n <= 64 * 1024) check_zero(b);
     } else {
-        size_t a = (size_t)16 << (next(rng) % 9); /* 16 .. 4096 */
+        unsigned pick = (unsigned)(next(rng) % 100);
+        size_t a = (size_t)16 << (pick < 90 ? pick % 9 : 9 + pick % 4); /* 16 .. 4096, sometimes .. 64 KiB */
         void *p = NULL;
         int r = posix_memalign(&p, a, n);
         if (r != 0) {
