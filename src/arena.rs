@@ -179,22 +179,33 @@ pub unsafe fn unlock_after_fork() {
 }
 
 impl Arena {
-    /// Takes `n` segments from the lowest run of adjacent free spans that has room, the
-    /// runs holding resident (dirty) memory first. Returns the address and how many of the
-    /// segments were not resident.
+    /// Takes `n` segments from a run of adjacent free spans: the run that needs the fewest
+    /// non-resident (clean) segments, the lowest such. Returns the address and how many of
+    /// the segments were not resident (and will be faulted in).
     fn take_first_fit(&mut self, n: usize) -> Option<(usize, usize)> {
-        let run = |resident: bool| {
-            (0..self.nspans).find_map(|i| {
-                let (mut j, mut total, mut dirty) = (i, self.spans[i].segs, self.spans[i].dirty);
-                while total < n && j + 1 < self.nspans && self.spans[j].end() == self.spans[j + 1].start {
-                    j += 1;
-                    total += self.spans[j].segs;
-                    dirty |= self.spans[j].dirty;
+        let mut best: Option<(usize, usize, usize)> = None; // (fresh, first, last)
+        for i in 0..self.nspans {
+            let (mut j, mut left, mut fresh) = (i, n, 0);
+            loop {
+                let s = &self.spans[j];
+                let take = left.min(s.segs);
+                left -= take;
+                if !s.dirty {
+                    fresh += take;
                 }
-                (total >= n && (dirty || !resident)).then_some((i, j))
-            })
-        };
-        let (first, last) = run(true).or_else(|| run(false))?;
+                if left == 0 || j + 1 == self.nspans || s.end() != self.spans[j + 1].start {
+                    break;
+                }
+                j += 1;
+            }
+            if left == 0 && best.is_none_or(|b| fresh < b.0) {
+                best = Some((fresh, i, j));
+                if fresh == 0 {
+                    break;
+                }
+            }
+        }
+        let (_, first, last) = best?;
         let start = self.spans[first].start;
         let (mut left, mut fresh, mut emptied) = (n, 0, 0);
         for k in first..=last {

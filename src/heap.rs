@@ -302,6 +302,28 @@ extern "C" fn fork_parent() {
 extern "C" fn fork_child() {
     // SAFETY: all were taken in fork_prepare by the thread that forked, which is us.
     unsafe { release_fork_locks() };
+    abandon_other_heaps();
+}
+
+/// In a fork child only the forking thread exists: every other thread's heap is dead. Its
+/// segments are abandoned (so frees into them take the cross-thread path and the next heap
+/// needing pages adopts them) — new threads of the child may get a dead thread's id, and
+/// must not find its segments owned by them.
+fn abandon_other_heaps() {
+    let me = current().map_or(ptr::null_mut(), |h| h as *mut Heap);
+    let mut h = ALL_HEAPS.load(Ordering::Acquire);
+    while !h.is_null() {
+        // SAFETY: heaps are never freed; in the child no other thread uses them.
+        let heap = unsafe { &mut *h };
+        h = heap.next_all.load(Ordering::Acquire);
+        if ptr::eq(heap, me) || heap.thread_id == BACKUP_TID {
+            continue;
+        }
+        // SAFETY: the lock may be held by a thread that does not exist in the child.
+        unsafe { crate::lock::force_unlock(heap.segs()) };
+        heap.bins = [PageQueue { first: ptr::null_mut(), last: ptr::null_mut() }; NCLASSES];
+        heap.segs().lock().abandon_all();
+    }
 }
 
 /// # Safety
@@ -501,6 +523,26 @@ impl Heap {
             self.bins[class] = PageQueue { first: ptr::null_mut(), last: ptr::null_mut() };
         }
         segs.abandon_all();
+    }
+
+    /// Gives every page of ours with no block in use back to its segment, even the only page
+    /// of a size class (which the free path keeps). True if any was given back.
+    fn release_empty_pages(&mut self) -> bool {
+        let mut released = false;
+        for class in 0..NCLASSES {
+            let mut p = self.bins[class].first;
+            while !p.is_null() {
+                // SAFETY: pages in our queues are live descriptors in segments we own.
+                let page = unsafe { &mut *p };
+                p = page.next;
+                page.collect_thread_free();
+                if page.used == 0 {
+                    self.page_emptied(page);
+                    released = true;
+                }
+            }
+        }
+        released
     }
 
     // ---- page queue plumbing ----
@@ -775,9 +817,11 @@ pub fn alloc_huge(size: usize, zero: bool) -> *mut u8 {
     let (area, len) = seg.page_area(0);
     let page = &mut seg.pages[0];
     page.init(0, len, area, 1, m.zeroed);
-    if zero && !m.zeroed {
-        // SAFETY: the block spans at least `size` bytes from `area`, all ours.
-        unsafe { ptr::write_bytes(area, 0, size) };
+    if !m.zeroed {
+        if zero {
+            // SAFETY: the block spans at least `size` bytes from `area`, all ours.
+            unsafe { ptr::write_bytes(area, 0, size) };
+        }
     }
     page.capacity = 1;
     page.used = 1;
@@ -829,6 +873,9 @@ pub fn pending_in_use() -> isize {
 /// bytes. Returns true if any memory was returned.
 pub fn trim(pad: usize) -> bool {
     let mut released = false;
+    if let Some(h) = current() {
+        released |= h.release_empty_pages();
+    }
     let mut h = ALL_HEAPS.load(Ordering::Acquire);
     while !h.is_null() {
         // SAFETY: heaps are never freed; `segs` and `next_all` never change after creation,

@@ -180,8 +180,10 @@ pub fn free(p: *mut u8) -> bool {
     stats::flush_in_use(-(h.len as isize));
     options::adapt_threshold(h.len);
     let mut evicted = Evicted::new();
-    // Keep it only if blocks its size still get mappings (the threshold may have just risen).
-    let kept = h.len >= options::get(Opt::MmapThreshold) && l.cache_put(Cached { base: h.base, len: h.len, since: os::now_ms() }, &mut evicted);
+    // Keep only mappings that blocks still get: the threshold may just have risen.
+    let threshold = options::get(Opt::MmapThreshold);
+    l.cache_evict_below(threshold, &mut evicted);
+    let kept = h.len >= threshold && l.cache_put(Cached { base: h.base, len: h.len, since: os::now_ms() }, &mut evicted);
     drop(l);
     evicted.unmap();
     if !kept {
@@ -405,6 +407,19 @@ impl Large {
             CACHE_DUE.store(c.since + options::get(Opt::PurgeDelay) as u64, Ordering::Relaxed);
         }
         true
+    }
+
+    /// Evicts the cached mappings shorter than `len` bytes.
+    fn cache_evict_below(&mut self, len: usize, evicted: &mut Evicted) {
+        let mut i = 0;
+        while i < self.ncache {
+            if self.cache[i].len < len {
+                evicted.push(self.cache[i]);
+                self.cache_remove(i);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// Evicts the cached mappings freed at or before `now` minus the purge delay.

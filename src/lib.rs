@@ -145,7 +145,17 @@ fn alloc_cold(size: usize, zero: bool) -> *mut u8 {
     // threshold decides anything.
     heap::ensure_init();
     if size >= mmap_threshold() && large::may_map() {
-        return large::alloc(size, MIN_ALIGN, zero);
+        let p = large::alloc(size, MIN_ALIGN, zero);
+        if !p.is_null() {
+            return p;
+        }
+        // Out of address space or memory: give back what is free, then try again (the arena
+        // may also serve it from free segments).
+        heap::trim(0);
+        let p = large::alloc(size, MIN_ALIGN, zero);
+        if !p.is_null() || size > MAX_MMAP_THRESHOLD {
+            return p;
+        }
     }
     alloc_arena(size, zero)
 }

@@ -34,7 +34,8 @@ pub unsafe fn brk_set(addr: usize) -> bool {
 }
 
 /// Maps `len` bytes (a multiple of the page size) of fresh, zeroed, private anonymous memory.
-/// Returns null on failure.
+/// Returns null on failure. No MAP_NORESERVE: the kernel's overcommit check refuses absurd
+/// sizes here, so they fail with ENOMEM instead of killing the program when touched.
 pub fn mmap_anon(len: usize) -> *mut u8 {
     stats::count(Counter::MmapCalls);
     // SAFETY: an anonymous private mapping at an address of the kernel's choice cannot alias
@@ -44,7 +45,7 @@ pub fn mmap_anon(len: usize) -> *mut u8 {
             ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
             0,
         )

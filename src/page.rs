@@ -197,18 +197,27 @@ impl Page {
         ((offset as u64 * self.div_magic) >> DIV_SHIFT) as usize
     }
 
-    /// The start of the block that contains `p`, or null if `p` is not the start of a
-    /// handed-out block and the page never gave out aligned (offset) pointers.
+    /// The start of the block that contains `p`, or null if `p` cannot be a pointer this
+    /// page handed out: not a carved block's start, nor (on a page that served aligned
+    /// requests) a pointer aligned to more than its distance from its block's start.
     #[inline(always)]
     pub fn block_of(&self, p: *mut u8) -> *mut Block {
         let offset = (p as usize).wrapping_sub(self.area as usize);
         let idx = self.block_index(offset);
         let start = idx * self.block_size;
-        if idx >= self.capacity as usize || (start != offset && self.flags & HAS_ALIGNED == 0) {
+        if idx >= self.capacity as usize || (start != offset && !self.is_aligned_offset(p, offset - start)) {
             return ptr::null_mut();
         }
         // SAFETY: idx < capacity, so the block lies inside the page's area.
         unsafe { self.area.add(start).cast() }
+    }
+
+    /// Whether `p`, `delta` bytes into its block, can be an aligned allocation's pointer: the
+    /// page gave out such pointers, and `p` is aligned (to more than 16) beyond `delta`.
+    #[cold]
+    fn is_aligned_offset(&self, p: *mut u8, delta: usize) -> bool {
+        let align = 1usize << (p as usize).trailing_zeros();
+        self.flags & HAS_ALIGNED != 0 && align > 16 && delta < align
     }
 
     /// Usable bytes from `p` (inside block `b`) to the end of the block.
