@@ -7,7 +7,13 @@
  * A deadlock anywhere ends the run by SIGALRM: alarm(60) in the parent, alarm(20) in each
  * child (a child killed by a signal fails the parent).
  *
- * Usage: fork [trim]   -- with "trim" the threads also call malloc_trim(0) in their loop.
+ * Usage: fork [trim|reuse]
+ *   trim:  the threads also call malloc_trim(0) in their loop, and the main thread empties
+ *          pages of many size classes before each fork (so that trim has work on its heap);
+ *   reuse: as trim, and the workers keep 1024 live blocks each in a published array; each
+ *          child starts 4 threads, which glibc runs on the cached stacks of the parent's
+ *          workers (same thread pointer, which tidemalloc takes for the thread's identity):
+ *          the thread that has a worker's pointer frees all of that worker's blocks.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,6 +32,11 @@
 
 static volatile int stop;
 static int with_trim;
+static int with_reuse;
+/* "reuse" mode: live blocks each worker publishes; a slot is emptied (exchange) before its
+ * block is freed, so at any moment (and so in a child) a non-null slot is a live block. */
+#define PUB 1024
+static void *published[NTHREADS][PUB];
 static FILE *devnull;
 
 static uint64_t next(uint64_t *s) {
@@ -61,8 +72,18 @@ static void *worker(void *arg) {
         snprintf(s, 128, "thread %lu iteration %ld size %zu %s", (unsigned long)(uintptr_t)arg, n, sz, "x");
         fprintf(devnull, "%s %f\n", s, (double)n / 3.0);
         free(s);
+        if (with_reuse) {
+            int w = (int)(uintptr_t)arg - 1;
+            for (int j = 0; j < 4; j++) {
+                int slot = (int)(next(&rng) % PUB);
+                free(__atomic_exchange_n(&published[w][slot], NULL, __ATOMIC_ACQ_REL));
+                void *p = malloc(1000);
+                memset(p, 2, 1000);
+                __atomic_store_n(&published[w][slot], p, __ATOMIC_RELEASE);
+            }
+        }
         if (n % 64 == 0) fflush(NULL);
-        if (with_trim && n % 16 == 0) malloc_trim(0);
+        if (with_trim && n % 2 == 0) malloc_trim(0);
         n++;
     }
     for (int i = 0; i < 64; i++) free(keep[i]);
@@ -93,6 +114,19 @@ static int child_work(int salt) {
 
 static void *child_thread(void *arg) { return (void *)(intptr_t)child_work((int)(intptr_t)arg); }
 
+static pthread_t workers[NTHREADS];
+
+/* "reuse" mode: glibc starts a child's threads on the cached stacks of the parent's other
+ * threads, so a child thread can have the thread pointer (pthread_self) of a parent's worker:
+ * such a thread frees all of that worker's published blocks. */
+static void *child_freer(void *arg) {
+    (void)arg;
+    for (int w = 0; w < NTHREADS; w++)
+        if (pthread_equal(pthread_self(), workers[w]))
+            for (int i = 0; i < PUB; i++) free(__atomic_exchange_n(&published[w][i], NULL, __ATOMIC_ACQ_REL));
+    return NULL;
+}
+
 static void child(int k, void *inherited) {
     alarm(20);
     free(inherited); /* a block the parent allocated before forking */
@@ -107,6 +141,17 @@ static void child(int k, void *inherited) {
     }
     void *r;
     pthread_join(t, &r);
+    if (with_reuse) {
+        pthread_t f[4];
+        for (int i = 0; i < 4; i++)
+            if (pthread_create(&f[i], NULL, child_freer, (void *)(intptr_t)i) != 0) {
+                fail("fork: pthread_create in child failed\n");
+                _exit(3);
+            }
+        for (int i = 0; i < 4; i++) pthread_join(f[i], NULL);
+        for (int w = 0; w < NTHREADS; w++) /* what no child thread matched */
+            for (int i = 0; i < PUB; i++) free(__atomic_exchange_n(&published[w][i], NULL, __ATOMIC_ACQ_REL));
+    }
     if (r != NULL) {
         fail("fork: child thread allocation failed\n");
         _exit(4);
@@ -115,18 +160,29 @@ static void child(int k, void *inherited) {
 }
 
 int main(int argc, char **argv) {
-    with_trim = argc > 1 && strcmp(argv[1], "trim") == 0;
+    with_reuse = argc > 1 && strcmp(argv[1], "reuse") == 0;
+    with_trim = with_reuse || (argc > 1 && strcmp(argv[1], "trim") == 0);
     alarm(60);
     devnull = fopen("/dev/null", "w");
     if (!devnull) {
         perror("/dev/null");
         return 1;
     }
-    pthread_t th[NTHREADS];
+    pthread_t *th = workers;
     for (int i = 0; i < NTHREADS; i++) pthread_create(&th[i], NULL, worker, (void *)(uintptr_t)(i + 1));
 
     int bad = 0;
     for (int k = 0; k < FORKS; k++) {
+        if (with_trim) {
+            /* Pages of many size classes used and emptied: trim has work on this heap (a
+             * madvise per page), so the threads' trims hold its lock for a while. */
+            static void *churn[512];
+            for (int i = 0; i < 512; i++) {
+                churn[i] = malloc(16 + (size_t)(i % 128) * 64);
+                memset(churn[i], 1, 16);
+            }
+            for (int i = 0; i < 512; i++) free(churn[i]);
+        }
         char *inherited = malloc(k % 2 ? 300 * 1024 : 100);
         memset(inherited, 1, 100);
         fflush(stdout);
@@ -156,6 +212,11 @@ int main(int argc, char **argv) {
     for (int i = 0; i < NTHREADS; i++) pthread_join(th[i], NULL);
     fclose(devnull);
     if (bad) return 1;
-    printf("fork: %d children%s, all exited 0\n", FORKS, with_trim ? " (threads calling malloc_trim)" : "");
+    printf("fork: %d children%s, all exited 0\n", FORKS,
+           with_reuse  ? " (threads calling malloc_trim, children freeing the threads' blocks)"
+           : with_trim ? " (threads calling malloc_trim)"
+                       : "");
+    for (int w = 0; w < NTHREADS; w++)
+        for (int i = 0; i < PUB; i++) free(published[w][i]);
     return 0;
 }

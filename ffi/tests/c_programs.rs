@@ -1,0 +1,321 @@
+//! The C face of tidemalloc, tested from C and C++: the programs in `tests/c/` are compiled
+//! with gcc/g++ and run on the release `libtidemalloc.so`, preloaded (`LD_PRELOAD`) or linked
+//! (`-ltidemalloc` with `LD_LIBRARY_PATH`).
+//!
+//! - `api.c`: every exported function and glibc's edge cases (preloaded and linked);
+//!   `api beyond-memory`: requests larger than RAM + swap fail;
+//! - `stress.c`: 8 threads, > 1 million random operations, blocks freed by other threads
+//!   (preloaded and linked);
+//! - `fork.c`: 300 forks while 4 threads allocate and use stdio; again with the threads
+//!   calling `malloc_trim`; again with child threads (which glibc starts with the thread
+//!   pointers of the parent's workers) freeing the workers' blocks;
+//! - `thread_exit.c`: 2000 threads exiting with live blocks, racing exits, key destructors
+//!   that allocate after tidemalloc's exit handler;
+//! - `abort.c`: misuse dies by SIGABRT with a message naming tidemalloc, free and the pointer;
+//! - `oom.c`: RLIMIT_AS/RLIMIT_DATA exhaustion through every entry point, then recovery;
+//! - `newdelete.cpp`: C++ new/delete, sized and aligned forms, containers, threads.
+//!
+//! Without gcc/g++ the tests print `SKIP: ...` and pass, except under CI (env var `CI`
+//! set), where they fail.
+
+mod common;
+
+use common::{Run, clean_env, lib, require, run, scratch_dir};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// How a program gets tidemalloc.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Preload,
+    Link,
+}
+
+fn src(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c").join(name)
+}
+
+fn build_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| scratch_dir("c-programs"))
+}
+
+/// Compiles `source` (C11, or C++17 for .cpp) into the build directory, once per test
+/// process; with `Via::Link` the binary is linked against libtidemalloc.so. Returns the
+/// binary.
+fn compile(source: &str, via: Via) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, bool, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (source.to_string(), via == Via::Link);
+    if let Some((_, _, bin)) = built.iter().find(|(s, l, _)| (s, l) == (&key.0, &key.1)) {
+        return bin.clone();
+    }
+    let bin = compile_now(source, via);
+    built.push((key.0, key.1, bin.clone()));
+    bin
+}
+
+fn compile_now(source: &str, via: Via) -> PathBuf {
+    let lib = lib();
+    let cxx = source.ends_with(".cpp");
+    let stem = source.split('.').next().unwrap_or(source);
+    let out = build_dir().join(format!("{stem}{}", if via == Via::Link { "-linked" } else { "" }));
+    let mut cmd = Command::new(if cxx { "g++" } else { "gcc" });
+    cmd.args(if cxx { &["-std=c++17", "-fsized-deallocation"][..] } else { &["-std=gnu11"][..] })
+        // -fno-builtin: GCC may delete a malloc/free pair whose memory is not used.
+        .args(["-O1", "-g", "-pthread", "-Wall", "-Werror", "-fno-builtin"])
+        .arg("-I")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("include"))
+        .arg(src(source))
+        .arg("-o")
+        .arg(&out);
+    if via == Via::Link {
+        // --no-as-needed: a C++ program may reference tidemalloc only weakly (its malloc is
+        // called from libstdc++), and the library must still be loaded.
+        cmd.arg("-L").arg(&lib.dir).args(["-Wl,--no-as-needed", "-ltidemalloc"]);
+    }
+    let r = run(&mut cmd, Duration::from_secs(120));
+    assert!(r.success(), "compiling {source} failed:\n{}", r.tail(40));
+    out
+}
+
+/// Runs a compiled program on tidemalloc with a time limit.
+fn exec(bin: &Path, args: &[&str], via: Via, limit_secs: u64) -> Run {
+    let lib = lib();
+    let mut cmd = Command::new(bin);
+    clean_env(cmd.args(args));
+    match via {
+        Via::Preload => cmd.env("LD_PRELOAD", &lib.so),
+        Via::Link => cmd.env("LD_LIBRARY_PATH", &lib.dir),
+    };
+    let r = run(&mut cmd, Duration::from_secs(limit_secs));
+    eprintln!("{} {}: {:.1?}", bin.display(), args.join(" "), r.elapsed);
+    r
+}
+
+/// Checks with ldd that a linked binary loads libtidemalloc.so from the target directory.
+fn assert_links_tidemalloc(bin: &Path) {
+    let lib = lib();
+    let r = run(Command::new("ldd").arg(bin).env("LD_LIBRARY_PATH", &lib.dir), Duration::from_secs(30));
+    assert!(r.success(), "ldd {} failed:\n{}", bin.display(), r.tail(20));
+    let line = r.stdout.lines().find(|l| l.contains("libtidemalloc.so")).unwrap_or_else(|| {
+        panic!("{} does not load libtidemalloc.so:\n{}", bin.display(), r.stdout);
+    });
+    assert!(line.contains(&*lib.so.to_string_lossy()), "ldd resolves libtidemalloc.so elsewhere: {line}");
+}
+
+fn gcc(test: &str) -> bool {
+    require(test, "gcc", "gcc")
+}
+
+fn assert_passed(r: &Run, what: &str, last_line: &str) {
+    assert!(r.success(), "{what} failed:\n{}", r.tail(30));
+    assert!(r.stdout.contains(last_line), "{what}: no '{last_line}' in its output:\n{}", r.tail(30));
+}
+
+// ---- api.c ----
+
+#[test]
+fn api_preloaded() {
+    if !gcc("api_preloaded") {
+        return;
+    }
+    let bin = compile("api.c", Via::Preload);
+    let r = exec(&bin, &[], Via::Preload, 120);
+    assert_passed(&r, "api (LD_PRELOAD)", "api: all");
+}
+
+#[test]
+fn api_linked() {
+    if !gcc("api_linked") {
+        return;
+    }
+    let bin = compile("api.c", Via::Link);
+    assert_links_tidemalloc(&bin);
+    let r = exec(&bin, &[], Via::Link, 120);
+    assert_passed(&r, "api (-ltidemalloc)", "api: all");
+}
+
+/// A request larger than the machine (RAM + swap) must fail with ENOMEM as it does with
+/// glibc under the kernel's default heuristic overcommit.
+#[test]
+fn api_beyond_memory() {
+    if !gcc("api_beyond_memory") {
+        return;
+    }
+    let bin = compile("api.c", Via::Preload);
+    let r = exec(&bin, &["beyond-memory"], Via::Preload, 60);
+    assert_passed(&r, "api beyond-memory", "api beyond-memory: all");
+}
+
+// ---- stress.c ----
+
+fn check_stress(r: &Run, what: &str) {
+    assert_passed(r, what, "stress: ok");
+    let summary = r.stdout.lines().find(|l| l.contains(" operations: ")).expect("summary line");
+    let words: Vec<&str> = summary.split_whitespace().collect();
+    let ops: u64 = words.windows(2).find(|w| w[1] == "operations:").and_then(|w| w[0].parse().ok()).unwrap_or(0);
+    assert!(ops >= 1_000_000, "{what}: only {ops} operations: {summary}");
+    eprintln!("{what}: {summary}");
+}
+
+#[test]
+fn stress_preloaded() {
+    if !gcc("stress_preloaded") {
+        return;
+    }
+    let bin = compile("stress.c", Via::Preload);
+    let r = exec(&bin, &["12345"], Via::Preload, 300);
+    check_stress(&r, "stress (LD_PRELOAD)");
+}
+
+#[test]
+fn stress_linked() {
+    if !gcc("stress_linked") {
+        return;
+    }
+    let bin = compile("stress.c", Via::Link);
+    assert_links_tidemalloc(&bin);
+    let r = exec(&bin, &["777"], Via::Link, 300);
+    check_stress(&r, "stress (-ltidemalloc)");
+}
+
+// ---- fork.c ----
+
+#[test]
+fn fork_while_threads_allocate() {
+    if !gcc("fork_while_threads_allocate") {
+        return;
+    }
+    let bin = compile("fork.c", Via::Preload);
+    let r = exec(&bin, &[], Via::Preload, 120);
+    assert_eq!(r.status.signal(), None, "fork test killed by a signal (SIGALRM = deadlock):\n{}", r.tail(30));
+    assert_passed(&r, "fork", "all exited 0");
+}
+
+/// Same, with the other threads calling malloc_trim: trim takes other threads' heap locks,
+/// which must not stay taken in the child.
+#[test]
+fn fork_while_threads_trim() {
+    if !gcc("fork_while_threads_trim") {
+        return;
+    }
+    let bin = compile("fork.c", Via::Preload);
+    let r = exec(&bin, &["trim"], Via::Preload, 120);
+    assert_eq!(r.status.signal(), None, "fork test killed by a signal (SIGALRM = deadlock):\n{}", r.tail(30));
+    assert_passed(&r, "fork trim", "all exited 0");
+}
+
+/// Child threads run on the cached stacks of the parent's other threads (glibc), so they have
+/// those threads' thread pointers; one frees every block its parent-side namesake had live,
+/// while the parent's threads call malloc_trim.
+#[test]
+fn fork_child_threads_reuse_parent_thread_ids() {
+    if !gcc("fork_child_threads_reuse_parent_thread_ids") {
+        return;
+    }
+    let bin = compile("fork.c", Via::Preload);
+    let r = exec(&bin, &["reuse"], Via::Preload, 120);
+    assert_eq!(r.status.signal(), None, "fork test killed by a signal (SIGALRM = deadlock):\n{}", r.tail(30));
+    assert_passed(&r, "fork reuse", "all exited 0");
+}
+
+// ---- thread_exit.c ----
+
+#[test]
+fn thread_exit() {
+    if !gcc("thread_exit") {
+        return;
+    }
+    let bin = compile("thread_exit.c", Via::Preload);
+    let r = exec(&bin, &[], Via::Preload, 180);
+    assert_passed(&r, "thread_exit", "thread_exit: ok");
+}
+
+// ---- abort.c ----
+
+fn abort_mode(mode: &str) {
+    if !gcc(&format!("abort {mode}")) {
+        return;
+    }
+    let bin = compile("abort.c", Via::Preload);
+    let r = exec(&bin, &[mode], Via::Preload, 60);
+    assert_eq!(r.status.signal(), Some(SIGABRT), "abort {mode}: not killed by SIGABRT:\n{}", r.tail(20));
+    for word in ["tidemalloc", "free", "0x"] {
+        assert!(r.stderr.contains(word), "abort {mode}: stderr does not mention {word:?}:\n{}", r.stderr);
+    }
+    // The pointer named is the one that was freed (printed by the program as "freeing 0x...").
+    let freed = r
+        .stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "freeing")
+        .find(|w| w.starts_with("0x"))
+        .map(|w| w.trim_end_matches(','));
+    if let Some(p) = freed {
+        assert!(r.stderr.contains(p), "abort {mode}: stderr does not name the pointer {p}:\n{}", r.stderr);
+    }
+}
+
+const SIGABRT: i32 = 6;
+
+#[test]
+fn abort_double_free() {
+    abort_mode("double");
+}
+
+#[test]
+fn abort_invalid_stack_pointer() {
+    abort_mode("invalid");
+}
+
+#[test]
+fn abort_invalid_static_pointer() {
+    abort_mode("static");
+}
+
+#[test]
+fn abort_interior_pointer() {
+    abort_mode("interior");
+}
+
+#[test]
+fn abort_large_double_free() {
+    abort_mode("large-double");
+}
+
+/// An interior pointer into a block whose page also served offset (aligned) blocks.
+#[test]
+fn abort_interior_pointer_in_aligned_page() {
+    abort_mode("interior-aligned");
+}
+
+// ---- oom.c ----
+
+#[test]
+fn oom_under_rlimit() {
+    if !gcc("oom_under_rlimit") {
+        return;
+    }
+    let bin = compile("oom.c", Via::Preload);
+    let r = exec(&bin, &[], Via::Preload, 120);
+    assert_passed(&r, "oom", "oom: ok");
+}
+
+// ---- newdelete.cpp ----
+
+#[test]
+fn cxx_new_delete() {
+    if !require("cxx_new_delete", "g++", "g++") {
+        return;
+    }
+    let bin = compile("newdelete.cpp", Via::Preload);
+    let r = exec(&bin, &[], Via::Preload, 120);
+    assert_passed(&r, "newdelete (LD_PRELOAD)", "newdelete: all");
+    let bin = compile("newdelete.cpp", Via::Link);
+    assert_links_tidemalloc(&bin);
+    let r = exec(&bin, &[], Via::Link, 120);
+    assert_passed(&r, "newdelete (-ltidemalloc)", "newdelete: all");
+}
