@@ -44,7 +44,9 @@ fn parse_args() -> Options {
             "--only" => o.only.extend(value("--only").split(',').map(str::to_owned)),
             "--bench" => {} // passed by cargo bench
             "-h" | "--help" => {
-                println!("cargo bench --bench compare -- [--quick] [--rounds N] [--scale X] [--threads N] [--only NAME,...]");
+                println!(
+                    "cargo bench --bench compare -- [--quick] [--rounds N] [--scale X] [--threads N] [--only NAME,...]"
+                );
                 std::process::exit(0);
             }
             other => die(&format!("unknown argument {other} (try --help)")),
@@ -103,7 +105,8 @@ fn main() {
     let machine = machine_description();
     eprintln!("compare: {machine}");
     let so = build_library(&root, &target);
-    let mut allocs = vec![Alloc { name: "glibc".into(), preload: None }, Alloc { name: "tidemalloc".into(), preload: Some(so) }];
+    let mut allocs =
+        vec![Alloc { name: "glibc".into(), preload: None }, Alloc { name: "tidemalloc".into(), preload: Some(so) }];
     for (name, path, pkg) in PEERS {
         if Path::new(path).exists() {
             allocs.push(Alloc { name: name.into(), preload: Some(path.into()) });
@@ -179,7 +182,11 @@ fn check(status: std::io::Result<std::process::ExitStatus>, what: &str) {
 fn build_library(root: &Path, target: &Path) -> PathBuf {
     eprintln!("compare: building libtidemalloc.so (release)");
     check(
-        cargo().current_dir(root).args(["build", "--release", "-p", "tidemalloc-ffi"]).env("CARGO_TARGET_DIR", target).status(),
+        cargo()
+            .current_dir(root)
+            .args(["build", "--release", "-p", "tidemalloc-ffi"])
+            .env("CARGO_TARGET_DIR", target)
+            .status(),
         "cargo build -p tidemalloc-ffi",
     );
     target.join("release/libtidemalloc.so")
@@ -188,9 +195,7 @@ fn build_library(root: &Path, target: &Path) -> PathBuf {
 fn compile_c(root: &Path, out: &Path, name: &str) -> PathBuf {
     let src = root.join("benches/workloads").join(format!("{name}.c"));
     let bin = out.join("bin").join(name);
-    let fresh = fs::metadata(&bin)
-        .and_then(|b| Ok(b.modified()? >= fs::metadata(&src)?.modified()?))
-        .unwrap_or(false);
+    let fresh = fs::metadata(&bin).and_then(|b| Ok(b.modified()? >= fs::metadata(&src)?.modified()?)).unwrap_or(false);
     if !fresh {
         check(
             Command::new("gcc").args(["-O2", "-pthread", "-o"]).arg(&bin).arg(&src).status(),
@@ -204,7 +209,9 @@ fn build_rust_workload(root: &Path, out: &Path, tide: bool) -> PathBuf {
     let dir = out.join(if tide { "rust-tide" } else { "rust-system" });
     eprintln!("compare: building the Rust workload ({})", if tide { "TideMalloc" } else { "System" });
     let mut c = cargo();
-    c.current_dir(root.join("benches/rust_workload")).args(["build", "--release", "--quiet"]).env("CARGO_TARGET_DIR", &dir);
+    c.current_dir(root.join("benches/rust_workload"))
+        .args(["build", "--release", "--quiet"])
+        .env("CARGO_TARGET_DIR", &dir);
     if tide {
         c.args(["--features", "tide"]);
     }
@@ -213,11 +220,19 @@ fn build_rust_workload(root: &Path, out: &Path, tide: bool) -> PathBuf {
 }
 
 fn have(program: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {program}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn workloads(root: &Path, out: &Path, opts: &Options) -> Vec<Workload> {
-    let own = |name: &'static str, what: &'static str| Workload { name, what, launch: Launch::Own(compile_c(root, out, name)) };
+    let own = |name: &'static str, what: &'static str| Workload {
+        name,
+        what,
+        launch: Launch::Own(compile_c(root, out, name)),
+    };
     let mut w = vec![
         own("tree_churn", "trees and lists of 16-512 B nodes, built and torn down"),
         own("bignum", "bignum arithmetic: many short-lived small blocks"),
@@ -231,7 +246,10 @@ fn workloads(root: &Path, out: &Path, opts: &Options) -> Vec<Workload> {
     w.push(Workload {
         name: "rust_btree_json",
         what: "Rust: BTreeMap of strings, serde_json round trip (TideMalloc vs System global allocator)",
-        launch: Launch::Rust { system: build_rust_workload(root, out, false), tide: build_rust_workload(root, out, true) },
+        launch: Launch::Rust {
+            system: build_rust_workload(root, out, false),
+            tide: build_rust_workload(root, out, true),
+        },
     });
     let data = out.join("data");
     fs::create_dir_all(&data).expect("create data dir");
@@ -248,7 +266,11 @@ fn workloads(root: &Path, out: &Path, opts: &Options) -> Vec<Workload> {
             ),
         )
         .unwrap();
-        w.push(Workload { name: "python3", what: "python3: dicts, lists, strings, json", launch: Launch::Real { argv: vec!["python3".into(), script.display().to_string()], stdin: None } });
+        w.push(Workload {
+            name: "python3",
+            what: "python3: dicts, lists, strings, json",
+            launch: Launch::Real { argv: vec!["python3".into(), script.display().to_string()], stdin: None },
+        });
     } else {
         eprintln!("compare: python3 workload skipped: not installed (apt-get install python3)");
     }
@@ -266,7 +288,11 @@ fn workloads(root: &Path, out: &Path, opts: &Options) -> Vec<Workload> {
             ),
         )
         .unwrap();
-        w.push(Workload { name: "sqlite3", what: "sqlite3: bulk insert with an index, then queries", launch: Launch::Real { argv: vec!["sqlite3".into(), ":memory:".into()], stdin: Some(sql) } });
+        w.push(Workload {
+            name: "sqlite3",
+            what: "sqlite3: bulk insert with an index, then queries",
+            launch: Launch::Real { argv: vec!["sqlite3".into(), ":memory:".into()], stdin: Some(sql) },
+        });
     } else {
         eprintln!("compare: sqlite3 workload skipped: not installed (apt-get install sqlite3)");
     }
@@ -289,7 +315,17 @@ fn workloads(root: &Path, out: &Path, opts: &Options) -> Vec<Workload> {
         w.push(Workload {
             name: "gcc",
             what: "gcc -O2 compiling a generated file",
-            launch: Launch::Real { argv: vec!["gcc".into(), "-O2".into(), "-c".into(), src.display().to_string(), "-o".into(), obj.display().to_string()], stdin: None },
+            launch: Launch::Real {
+                argv: vec![
+                    "gcc".into(),
+                    "-O2".into(),
+                    "-c".into(),
+                    src.display().to_string(),
+                    "-o".into(),
+                    obj.display().to_string(),
+                ],
+                stdin: None,
+            },
         });
     } else {
         eprintln!("compare: gcc workload skipped: not installed (apt-get install gcc)");
@@ -341,7 +377,15 @@ fn run_once(w: &Workload, a: &Alloc, opts: &Options, out: &Path) -> Run {
     let t0 = Instant::now();
     let child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return Run { wall: 0.0, cpu: 0.0, maxrss_kb: 0, failure: Some(format!("could not start: {e}")), stdout: String::new() },
+        Err(e) => {
+            return Run {
+                wall: 0.0,
+                cpu: 0.0,
+                maxrss_kb: 0,
+                failure: Some(format!("could not start: {e}")),
+                stdout: String::new(),
+            };
+        }
     };
     let (status, usage) = wait4(child.id() as i32);
     let wall = t0.elapsed().as_secs_f64();
@@ -451,7 +495,12 @@ impl Report {
                 let good: Vec<&Run> = rs.iter().filter(|r| r.failure.is_none()).collect();
                 let finals: Vec<f64> = good
                     .iter()
-                    .filter_map(|r| r.stdout.lines().find_map(|l| l.strip_prefix("final_rss_kb ")).and_then(|v| v.trim().parse().ok()))
+                    .filter_map(|r| {
+                        r.stdout
+                            .lines()
+                            .find_map(|l| l.strip_prefix("final_rss_kb "))
+                            .and_then(|v| v.trim().parse().ok())
+                    })
                     .collect();
                 row.push(Cell {
                     wall: median(good.iter().map(|r| r.wall).collect()),
@@ -512,9 +561,14 @@ impl Report {
     }
 
     fn text_table(&self) -> String {
-        let mut rows = vec![std::iter::once("workload".to_string()).chain(self.allocs.iter().cloned()).collect::<Vec<_>>()];
+        let mut rows =
+            vec![std::iter::once("workload".to_string()).chain(self.allocs.iter().cloned()).collect::<Vec<_>>()];
         for wi in 0..self.names.len() {
-            rows.push(std::iter::once(self.names[wi].clone()).chain((0..self.allocs.len()).map(|ai| self.cell_text(wi, ai))).collect());
+            rows.push(
+                std::iter::once(self.names[wi].clone())
+                    .chain((0..self.allocs.len()).map(|ai| self.cell_text(wi, ai)))
+                    .collect(),
+            );
         }
         rows.push(
             std::iter::once("geomean time ratio".to_string())
@@ -526,7 +580,8 @@ impl Report {
                 .chain((0..self.allocs.len()).map(|ai| format!("{:.3}", self.geo_rss(ai))))
                 .collect(),
         );
-        let widths: Vec<usize> = (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+        let widths: Vec<usize> =
+            (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
         let mut s = String::new();
         for (i, r) in rows.iter().enumerate() {
             for (c, cell) in r.iter().enumerate() {
@@ -551,21 +606,36 @@ impl Report {
         let Some(t) = self.allocs.iter().position(|a| a == "tidemalloc") else { return String::new() };
         let mut s = String::new();
         let speedup = 1.0 / self.geo_time(t);
-        let _ = writeln!(s, "tidemalloc vs glibc: {speedup:.2}x faster on the geometric mean of wall time (target >= 1.25x)");
+        let _ = writeln!(
+            s,
+            "tidemalloc vs glibc: {speedup:.2}x faster on the geometric mean of wall time (target >= 1.25x)"
+        );
         let slower: Vec<String> = (0..self.names.len())
             .filter(|&wi| self.time_ratio(wi, t) > 1.0)
             .map(|wi| format!("{} {:.2}x", self.names[wi], self.time_ratio(wi, t)))
             .collect();
-        let _ = writeln!(s, "workloads where tidemalloc is slower than glibc: {}", if slower.is_empty() { "none".into() } else { slower.join(", ") });
+        let _ = writeln!(
+            s,
+            "workloads where tidemalloc is slower than glibc: {}",
+            if slower.is_empty() { "none".into() } else { slower.join(", ") }
+        );
         let fat: Vec<String> = (0..self.names.len())
             .filter(|&wi| self.rss_ratio(wi, t) > 1.10)
             .map(|wi| format!("{} {:.2}x", self.names[wi], self.rss_ratio(wi, t)))
             .collect();
-        let _ = writeln!(s, "workloads where peak RSS exceeds 1.10x glibc's: {}", if fat.is_empty() { "none".into() } else { fat.join(", ") });
+        let _ = writeln!(
+            s,
+            "workloads where peak RSS exceeds 1.10x glibc's: {}",
+            if fat.is_empty() { "none".into() } else { fat.join(", ") }
+        );
         if let Some(wi) = self.names.iter().position(|n| n == "realloc_double") {
             for peer in ["jemalloc", "mimalloc"] {
                 if let Some(p) = self.allocs.iter().position(|a| a == peer) {
-                    let _ = writeln!(s, "realloc_double: tidemalloc {:.1}x faster than {peer} (target >= 5x)", self.cells[wi][p].wall / self.cells[wi][t].wall);
+                    let _ = writeln!(
+                        s,
+                        "realloc_double: tidemalloc {:.1}x faster than {peer} (target >= 5x)",
+                        self.cells[wi][p].wall / self.cells[wi][t].wall
+                    );
                 }
             }
         }
@@ -615,7 +685,9 @@ impl Report {
         let _ = writeln!(s, "| **geomean time ratio** | {} |", g.join(" | "));
         let g: Vec<String> = (0..self.allocs.len()).map(|ai| format!("{:.3}", self.geo_rss(ai))).collect();
         let _ = writeln!(s, "| **geomean peak-RSS ratio** | {} |", g.join(" | "));
-        s.push_str("\nEach cell: median wall time (ratio to glibc; below 1 is faster), median peak RSS (ratio to glibc).\n\n");
+        s.push_str(
+            "\nEach cell: median wall time (ratio to glibc; below 1 is faster), median peak RSS (ratio to glibc).\n\n",
+        );
         for l in self.targets().lines() {
             let _ = writeln!(s, "- {l}");
         }
@@ -644,28 +716,52 @@ impl Report {
         let label_h = 90.0;
         let height = top + 2.0 * (panel_h + label_h) + 40.0;
         let mut s = String::new();
-        let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" font-family="sans-serif" font-size="11">"#);
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" font-family="sans-serif" font-size="11">"#
+        );
         let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
         for (i, l) in header.lines().enumerate() {
             let _ = writeln!(s, r#"<text x="10" y="{}" font-size="12">{}</text>"#, 16 + 14 * i, xml(l));
         }
         let mut lx = 10.0;
         for (ai, a) in self.allocs.iter().enumerate() {
-            let _ = writeln!(s, r#"<rect x="{lx}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{}">{}</text>"#, top - 22.0, COLORS[ai % 5], lx + 14.0, top - 13.0, xml(a));
+            let _ = writeln!(
+                s,
+                r#"<rect x="{lx}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{}">{}</text>"#,
+                top - 22.0,
+                COLORS[ai % 5],
+                lx + 14.0,
+                top - 13.0,
+                xml(a)
+            );
             lx += 20.0 + 7.0 * a.len() as f64;
         }
-        let panels: [(&str, Box<dyn Fn(usize, usize) -> f64>); 2] =
-            [("wall time / glibc (lower is better)", Box::new(|w, a| self.time_ratio(w, a))), ("peak RSS / glibc (lower is better)", Box::new(|w, a| self.rss_ratio(w, a)))];
+        let panels: [(&str, Box<dyn Fn(usize, usize) -> f64>); 2] = [
+            ("wall time / glibc (lower is better)", Box::new(|w, a| self.time_ratio(w, a))),
+            ("peak RSS / glibc (lower is better)", Box::new(|w, a| self.rss_ratio(w, a))),
+        ];
         for (pi, (title, f)) in panels.iter().enumerate() {
             let y0 = top + pi as f64 * (panel_h + label_h);
-            let max = (0..nw).flat_map(|w| (0..na).map(move |a| (w, a))).map(|(w, a)| f(w, a)).filter(|v| v.is_finite()).fold(1.5f64, f64::max).min(4.0);
+            let max = (0..nw)
+                .flat_map(|w| (0..na).map(move |a| (w, a)))
+                .map(|(w, a)| f(w, a))
+                .filter(|v| v.is_finite())
+                .fold(1.5f64, f64::max)
+                .min(4.0);
             let scale = panel_h / max;
             let _ = writeln!(s, r#"<text x="{left}" y="{}" font-weight="bold">{}</text>"#, y0 + 12.0, xml(title));
             let base = y0 + panel_h + 20.0;
             for tick in [0.5, 1.0, 1.5, 2.0, 3.0, 4.0].into_iter().filter(|&t| t <= max) {
                 let y = base - tick * scale;
                 let stroke = if tick == 1.0 { "#000" } else { "#ddd" };
-                let _ = writeln!(s, r#"<line x1="{left}" x2="{:.0}" y1="{y:.1}" y2="{y:.1}" stroke="{stroke}"/><text x="{}" y="{:.1}" text-anchor="end">{tick:.1}</text>"#, width - 20.0, left - 4.0, y + 4.0);
+                let _ = writeln!(
+                    s,
+                    r#"<line x1="{left}" x2="{:.0}" y1="{y:.1}" y2="{y:.1}" stroke="{stroke}"/><text x="{}" y="{:.1}" text-anchor="end">{tick:.1}</text>"#,
+                    width - 20.0,
+                    left - 4.0,
+                    y + 4.0
+                );
             }
             for w in 0..nw {
                 let gx = left + 7.0 + w as f64 * group;
@@ -686,7 +782,13 @@ impl Report {
                     );
                 }
                 let lx = gx + bar * na as f64 / 2.0;
-                let _ = writeln!(s, r#"<text x="{lx:.1}" y="{:.1}" transform="rotate(45 {lx:.1} {:.1})">{}</text>"#, base + 12.0, base + 12.0, xml(&self.names[w]));
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{lx:.1}" y="{:.1}" transform="rotate(45 {lx:.1} {:.1})">{}</text>"#,
+                    base + 12.0,
+                    base + 12.0,
+                    xml(&self.names[w])
+                );
             }
         }
         s.push_str("</svg>\n");
@@ -703,7 +805,10 @@ fn xml(s: &str) -> String {
 fn machine_description() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     // SAFETY: zeroed utsname is valid; uname fills it.

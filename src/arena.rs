@@ -143,10 +143,11 @@ pub unsafe fn free_segments(base: *mut u8, n: usize, from_mmap: bool) {
 #[inline]
 pub fn purge_if_due() {
     let due = PURGE_DUE.load(Ordering::Relaxed);
-    if due != 0 && os::now_ms() >= due {
-        if let Some(mut a) = ARENA.try_lock() {
-            a.purge(os::now_ms(), false);
-        }
+    if due != 0
+        && os::now_ms() >= due
+        && let Some(mut a) = ARENA.try_lock()
+    {
+        a.purge(os::now_ms(), false);
     }
 }
 

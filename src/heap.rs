@@ -95,7 +95,7 @@ thread_local! {
     /// This thread's heap: null before its first allocation, `DEAD` after its exit handler.
     static HEAP: Cell<*mut Heap> = const { Cell::new(ptr::null_mut()) };
 }
-const DEAD: *mut Heap = 1 as *mut Heap;
+const DEAD: *mut Heap = ptr::dangling_mut::<Heap>();
 
 /// The calling thread's heap, if it has a live one.
 #[inline(always)]
@@ -157,7 +157,11 @@ fn init_slow() {
     }
     crate::options::load_from_env();
     if os::sysconf_page_size() != os::PAGE_SIZE {
-        crate::eprint_noalloc!("tidemalloc: fatal: built for {}-byte pages, system has {}\n", os::PAGE_SIZE, os::sysconf_page_size());
+        crate::eprint_noalloc!(
+            "tidemalloc: fatal: built for {}-byte pages, system has {}\n",
+            os::PAGE_SIZE,
+            os::sysconf_page_size()
+        );
         os::abort();
     }
     let mut key: libc::pthread_key_t = 0;
@@ -244,7 +248,8 @@ impl Meta {
             self.chunk_left -= size;
             // SAFETY: the box is ours until published; zeroed memory is a valid unlocked lock.
             let h = unsafe {
-                ptr::addr_of_mut!((*b).segs).write(Lock::new(HeapSegs { queues: [EMPTY_SEGQ; PAGED_KINDS], empty: [0; PAGED_KINDS] }));
+                ptr::addr_of_mut!((*b).segs)
+                    .write(Lock::new(HeapSegs { queues: [EMPTY_SEGQ; PAGED_KINDS], empty: [0; PAGED_KINDS] }));
                 (*b).heap.segs = ptr::addr_of!((*b).segs);
                 ptr::addr_of_mut!((*b).heap)
             };
@@ -817,11 +822,9 @@ pub fn alloc_huge(size: usize, zero: bool) -> *mut u8 {
     let (area, len) = seg.page_area(0);
     let page = &mut seg.pages[0];
     page.init(0, len, area, 1, m.zeroed);
-    if !m.zeroed {
-        if zero {
-            // SAFETY: the block spans at least `size` bytes from `area`, all ours.
-            unsafe { ptr::write_bytes(area, 0, size) };
-        }
+    if zero && !m.zeroed {
+        // SAFETY: the block spans at least `size` bytes from `area`, all ours.
+        unsafe { ptr::write_bytes(area, 0, size) };
     }
     page.capacity = 1;
     page.used = 1;

@@ -183,7 +183,8 @@ pub fn free(p: *mut u8) -> bool {
     // Keep only mappings that blocks still get: the threshold may just have risen.
     let threshold = options::get(Opt::MmapThreshold);
     l.cache_evict_below(threshold, &mut evicted);
-    let kept = h.len >= threshold && l.cache_put(Cached { base: h.base, len: h.len, since: os::now_ms() }, &mut evicted);
+    let kept =
+        h.len >= threshold && l.cache_put(Cached { base: h.base, len: h.len, since: os::now_ms() }, &mut evicted);
     drop(l);
     evicted.unmap();
     if !kept {
@@ -386,7 +387,10 @@ impl Large {
         self.cache_bytes -= self.cache[i].len;
         self.cache.copy_within(i + 1..self.ncache, i);
         self.ncache -= 1;
-        CACHE_DUE.store(if self.ncache == 0 { 0 } else { self.cache[0].since + options::get(Opt::PurgeDelay) as u64 }, Ordering::Relaxed);
+        CACHE_DUE.store(
+            if self.ncache == 0 { 0 } else { self.cache[0].since + options::get(Opt::PurgeDelay) as u64 },
+            Ordering::Relaxed,
+        );
     }
 
     /// Keeps a freed mapping for reuse, evicting the oldest ones to make room. False if it

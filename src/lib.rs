@@ -69,11 +69,7 @@ pub struct TideMalloc;
 unsafe impl GlobalAlloc for TideMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.align() <= MIN_ALIGN {
-            malloc(layout.size())
-        } else {
-            aligned_alloc(layout.align(), layout.size())
-        }
+        if layout.align() <= MIN_ALIGN { malloc(layout.size()) } else { aligned_alloc(layout.align(), layout.size()) }
     }
 
     #[inline]
@@ -123,17 +119,18 @@ pub fn calloc(size: usize) -> *mut u8 {
 
 #[inline(always)]
 fn alloc_impl<const ZERO: bool>(size: usize) -> *mut u8 {
-    if size <= MAX_CLASS_SIZE && size < mmap_threshold() {
-        if let Some(heap) = heap::current() {
-            let class = class_of(size);
-            let page = heap.bins[class].first;
-            // SAFETY: pages in a heap's queues are live descriptors owned by this thread.
-            if !page.is_null() && unsafe { !(*page).free.is_null() } {
-                // SAFETY: as above.
-                return heap.pop_from(unsafe { &mut *page }, ZERO);
-            }
-            return heap.alloc_slow(class, ZERO);
+    if size <= MAX_CLASS_SIZE
+        && size < mmap_threshold()
+        && let Some(heap) = heap::current()
+    {
+        let class = class_of(size);
+        let page = heap.bins[class].first;
+        // SAFETY: pages in a heap's queues are live descriptors owned by this thread.
+        if !page.is_null() && unsafe { !(*page).free.is_null() } {
+            // SAFETY: as above.
+            return heap.pop_from(unsafe { &mut *page }, ZERO);
         }
+        return heap.alloc_slow(class, ZERO);
     }
     alloc_cold(size, ZERO)
 }

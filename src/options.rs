@@ -39,11 +39,35 @@ struct Spec {
 pub const MAX_MMAP_THRESHOLD: usize = 1 << 30;
 
 const SPECS: [Spec; 8] = [
-    Spec { opt: Opt::MmapThreshold, default: 128 << 10, max: MAX_MMAP_THRESHOLD, env: b"TIDEMALLOC_MMAP_THRESHOLD", glibc_env: b"MALLOC_MMAP_THRESHOLD_" },
-    Spec { opt: Opt::TrimThreshold, default: 128 << 10, max: usize::MAX / 2, env: b"TIDEMALLOC_TRIM_THRESHOLD", glibc_env: b"MALLOC_TRIM_THRESHOLD_" },
+    Spec {
+        opt: Opt::MmapThreshold,
+        default: 128 << 10,
+        max: MAX_MMAP_THRESHOLD,
+        env: b"TIDEMALLOC_MMAP_THRESHOLD",
+        glibc_env: b"MALLOC_MMAP_THRESHOLD_",
+    },
+    Spec {
+        opt: Opt::TrimThreshold,
+        default: 128 << 10,
+        max: usize::MAX / 2,
+        env: b"TIDEMALLOC_TRIM_THRESHOLD",
+        glibc_env: b"MALLOC_TRIM_THRESHOLD_",
+    },
     Spec { opt: Opt::TopPad, default: 0, max: 1 << 30, env: b"TIDEMALLOC_TOP_PAD", glibc_env: b"MALLOC_TOP_PAD_" },
-    Spec { opt: Opt::MmapMax, default: 65536, max: usize::MAX / 2, env: b"TIDEMALLOC_MMAP_MAX", glibc_env: b"MALLOC_MMAP_MAX_" },
-    Spec { opt: Opt::LargeCache, default: 128 << 20, max: usize::MAX / 2, env: b"TIDEMALLOC_LARGE_CACHE", glibc_env: b"" },
+    Spec {
+        opt: Opt::MmapMax,
+        default: 65536,
+        max: usize::MAX / 2,
+        env: b"TIDEMALLOC_MMAP_MAX",
+        glibc_env: b"MALLOC_MMAP_MAX_",
+    },
+    Spec {
+        opt: Opt::LargeCache,
+        default: 128 << 20,
+        max: usize::MAX / 2,
+        env: b"TIDEMALLOC_LARGE_CACHE",
+        glibc_env: b"",
+    },
     Spec { opt: Opt::ShowStats, default: 0, max: 1, env: b"TIDEMALLOC_SHOW_STATS", glibc_env: b"" },
     Spec { opt: Opt::PurgeDelay, default: 1000, max: 1 << 40, env: b"TIDEMALLOC_PURGE_DELAY", glibc_env: b"" },
     Spec { opt: Opt::DirtyMax, default: 256 << 20, max: usize::MAX / 2, env: b"TIDEMALLOC_DIRTY_MAX", glibc_env: b"" },
@@ -141,16 +165,17 @@ pub fn parse_size(text: &[u8]) -> Option<usize> {
     for &c in &text[..digits] {
         n = n.checked_mul(10)?.checked_add((c - b'0') as usize)?;
     }
-    let shift = match &text[digits..] {
-        b"" | b"b" | b"B" => 0,
-        [u, rest @ ..] if matches!(rest, b"" | b"b" | b"B" | b"ib" | b"iB") => match u {
-            b'k' | b'K' => 10,
-            b'm' | b'M' => 20,
-            b'g' | b'G' => 30,
-            _ => return None,
-        },
+    let Some((unit, rest)) = text[digits..].split_first() else { return Some(n) };
+    let shift = match unit.to_ascii_lowercase() {
+        b'b' if rest.is_empty() => return Some(n),
+        b'k' => 10,
+        b'm' => 20,
+        b'g' => 30,
         _ => return None,
     };
+    if !matches!(rest, b"" | b"b" | b"B" | b"ib" | b"iB") {
+        return None;
+    }
     n.checked_mul(1 << shift)
 }
 

@@ -119,11 +119,8 @@ impl Segment {
         let base = self as *const Segment as usize;
         let shift = self.kind.page_shift();
         let start = if i == 0 { base + HEADER_SIZE } else { base + (i << shift) };
-        let end = if self.kind == Kind::Huge {
-            base + self.span_segments * SEGMENT_SIZE
-        } else {
-            base + ((i + 1) << shift)
-        };
+        let end =
+            if self.kind == Kind::Huge { base + self.span_segments * SEGMENT_SIZE } else { base + ((i + 1) << shift) };
         (start as *mut u8, end - start)
     }
 

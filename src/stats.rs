@@ -8,8 +8,9 @@
 
 use core::sync::atomic::{AtomicIsize, AtomicUsize, Ordering::Relaxed};
 
-/// Global event counters.
+/// Global event counters: system calls by kind.
 #[derive(Clone, Copy)]
+#[allow(clippy::enum_variant_names)]
 pub enum Counter {
     BrkCalls,
     MmapCalls,
