@@ -737,15 +737,15 @@ impl Report {
             );
             lx += 20.0 + 7.0 * a.len() as f64;
         }
-        let panels: [(&str, Box<dyn Fn(usize, usize) -> f64>); 2] = [
-            ("wall time / glibc (lower is better)", Box::new(|w, a| self.time_ratio(w, a))),
-            ("peak RSS / glibc (lower is better)", Box::new(|w, a| self.rss_ratio(w, a))),
+        let panels: [(&str, fn(&Report, usize, usize) -> f64); 2] = [
+            ("wall time / glibc (lower is better)", Report::time_ratio),
+            ("peak RSS / glibc (lower is better)", Report::rss_ratio),
         ];
         for (pi, (title, f)) in panels.iter().enumerate() {
             let y0 = top + pi as f64 * (panel_h + label_h);
             let max = (0..nw)
                 .flat_map(|w| (0..na).map(move |a| (w, a)))
-                .map(|(w, a)| f(w, a))
+                .map(|(w, a)| f(self, w, a))
                 .filter(|v| v.is_finite())
                 .fold(1.5f64, f64::max)
                 .min(4.0);
@@ -766,7 +766,7 @@ impl Report {
             for w in 0..nw {
                 let gx = left + 7.0 + w as f64 * group;
                 for a in 0..na {
-                    let v = f(w, a);
+                    let v = f(self, w, a);
                     if !v.is_finite() {
                         continue;
                     }

@@ -94,7 +94,8 @@ fn freeing_a_gib_of_small_blocks_returns_memory() {
         failures.push(format!("the program break did not go down: peak {brk_peak:#x}, after free {brk1:#x}"));
     }
     if s1.reserved_brk >= s_peak.reserved_brk {
-        failures.push(format!("reserved_brk did not drop: peak {}, after free {}", s_peak.reserved_brk, s1.reserved_brk));
+        failures
+            .push(format!("reserved_brk did not drop: peak {}, after free {}", s_peak.reserved_brk, s1.reserved_brk));
     }
 
     // Stage 2: an explicit trim(0) gives back the free top of the break. Nothing is in use,

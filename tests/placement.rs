@@ -2,7 +2,8 @@
 //! blocks at or above the mmap threshold in their own anonymous mappings, and the threshold
 //! moving that line at run time (4 KiB, 64 MiB, 0, 32 MiB, back to the 128 KiB default).
 //!
-//! The threshold is process-global, so everything runs in one test function.
+//! The threshold is process-global, so the threshold changes run in one test function, and
+//! the tests of this file run one at a time.
 
 use tidemalloc::{Opt, free, get_mmap_threshold, malloc, set_mmap_threshold, stats};
 
@@ -13,6 +14,9 @@ mod common;
 use common::{heap_ranges, in_heap, mapping_of};
 
 const DEFAULT_THRESHOLD: usize = 128 << 10;
+
+/// The tests of this file look at process-wide counters and options: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const DEFAULT_LARGE_CACHE: usize = 64 << 20;
 
 /// Restores the process-wide options even if an assertion fails.
@@ -89,6 +93,7 @@ fn assert_in_own_mapping(b: &Block, what: &str) -> common::MapLine {
 
 #[test]
 fn placement_follows_the_threshold() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _restore = Restore;
     assert_eq!(get_mmap_threshold(), DEFAULT_THRESHOLD, "default threshold");
 
@@ -116,7 +121,11 @@ fn placement_follows_the_threshold() {
     let l2 = Block::new(1 << 20, 2002);
     let l3 = Block::new(3 << 20, 2003);
     let after = stats();
-    assert!(after.mmap_calls >= before.mmap_calls + 3, "3 large blocks made {} mmap calls", after.mmap_calls - before.mmap_calls);
+    assert!(
+        after.mmap_calls >= before.mmap_calls + 3,
+        "3 large blocks made {} mmap calls",
+        after.mmap_calls - before.mmap_calls
+    );
     assert_eq!(after.large_blocks, before.large_blocks + 3);
     assert!(after.reserved_mmap >= before.reserved_mmap + (5 << 20));
     for b in [&l1, &l2, &l3] {
@@ -162,6 +171,25 @@ fn placement_follows_the_threshold() {
     assert_in_heap(&b1m, "1 MiB block, threshold 64 MiB");
     assert_in_heap(&b20m, "20 MiB block, threshold 64 MiB");
     assert!(m1.in_use >= m0.in_use + (21 << 20), "in_use did not grow by the two arena blocks");
+    // calloc of an arena block that reuses dirty memory of a freed one reads as zeros.
+    for size in [20usize << 20, 6 << 20, 1 << 20] {
+        for _ in 0..3 {
+            let d = malloc(size);
+            assert!(!d.is_null());
+            // SAFETY: live blocks of `size` bytes.
+            unsafe {
+                d.write_bytes(0xFF, size);
+                free(d);
+                let z = tidemalloc::calloc(size);
+                assert!(!z.is_null());
+                let zs = std::slice::from_raw_parts(z, size);
+                if let Some(i) = zs.iter().position(|&x| x != 0) {
+                    panic!("calloc({size}) from the arena (threshold 64 MiB) has byte {i} = {:#x}", zs[i]);
+                }
+                free(z);
+            }
+        }
+    }
 
     // ---- threshold 0: everything, even 1 byte, gets a mapping ----
     assert!(set_mmap_threshold(0));
@@ -190,6 +218,20 @@ fn placement_follows_the_threshold() {
     assert!(!set_mmap_threshold(tidemalloc::MAX_MMAP_THRESHOLD + 1));
     assert_eq!(get_mmap_threshold(), 32 << 20);
 
+    // ---- MmapMax: beyond that many live large blocks, large requests use the arena ----
+    assert!(set_mmap_threshold(DEFAULT_THRESHOLD));
+    let live_large = stats().large_blocks;
+    tidemalloc::set_option(Opt::MmapMax, live_large + 2);
+    let mm: Vec<Block> = (0..4).map(|i| Block::new(1 << 20, 6100 + i)).collect();
+    tidemalloc::set_option(Opt::MmapMax, 65536);
+    assert_in_own_mapping(&mm[0], "1st large block under MmapMax");
+    assert_in_own_mapping(&mm[1], "2nd large block under MmapMax");
+    assert_in_heap(&mm[2], "3rd large block beyond MmapMax");
+    assert_in_heap(&mm[3], "4th large block beyond MmapMax");
+    for b in mm {
+        b.free();
+    }
+
     // ---- back to the default ----
     assert!(set_mmap_threshold(DEFAULT_THRESHOLD));
     assert_eq!(get_mmap_threshold(), DEFAULT_THRESHOLD);
@@ -210,4 +252,68 @@ fn placement_follows_the_threshold() {
     for b in smalls {
         b.free();
     }
+}
+
+/// Options come from the environment at start-up: tidemalloc's own names, glibc's names
+/// (tidemalloc's win), suffixes; a malformed value warns and keeps the default.
+#[test]
+fn options_from_the_environment() {
+    const NAME: &str = "options_from_the_environment";
+    if let Ok(case) = std::env::var("TIDEMALLOC_TEST_CHILD") {
+        if !case.starts_with(NAME) {
+            return;
+        }
+        // The first allocation of the process already happened (the harness): the values
+        // must be in force.
+        let threshold = get_mmap_threshold();
+        let b = Block::new(16 << 10, 1);
+        let big = Block::new(1 << 20, 2);
+        let heap = heap_ranges();
+        println!(
+            "CHILD threshold={threshold} trim={} top_pad={} small_in_heap={} big_in_heap={}",
+            tidemalloc::get_option(Opt::TrimThreshold),
+            tidemalloc::get_option(Opt::TopPad),
+            in_heap(&heap, b.addr(), b.size),
+            in_heap(&heap, big.addr(), big.size)
+        );
+        b.free();
+        big.free();
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let run = |case: &str, env: &[(&str, &str)]| -> (String, String) {
+        let exe = std::env::current_exe().unwrap();
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env("TIDEMALLOC_TEST_CHILD", format!("{NAME}-{case}"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "child {case}: {}", common::describe(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().find_map(|l| l.split_once("CHILD ").map(|x| x.1.to_string()));
+        (
+            line.unwrap_or_else(|| panic!("child {case} printed nothing: {}", common::describe(&out))),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (l, _) = run(
+        "own",
+        &[("TIDEMALLOC_MMAP_THRESHOLD", "8K"), ("TIDEMALLOC_TRIM_THRESHOLD", "1M"), ("TIDEMALLOC_TOP_PAD", "4m")],
+    );
+    assert_eq!(l, format!("threshold=8192 trim={} top_pad={} small_in_heap=false big_in_heap=false", 1 << 20, 4 << 20));
+    let (l, _) = run("glibc", &[("MALLOC_MMAP_THRESHOLD_", "4194304")]);
+    assert_eq!(l, format!("threshold={} trim={} top_pad=0 small_in_heap=true big_in_heap=true", 4 << 20, 128 << 10));
+    let (l, _) = run("both", &[("MALLOC_MMAP_THRESHOLD_", "4194304"), ("TIDEMALLOC_MMAP_THRESHOLD", "2048")]);
+    assert_eq!(l, format!("threshold=2048 trim={} top_pad=0 small_in_heap=false big_in_heap=false", 128 << 10));
+    let (l, err) = run("bad", &[("TIDEMALLOC_MMAP_THRESHOLD", "12X")]);
+    assert_eq!(
+        l,
+        format!("threshold={DEFAULT_THRESHOLD} trim={} top_pad=0 small_in_heap=true big_in_heap=false", 128 << 10)
+    );
+    assert!(
+        err.contains("tidemalloc: warning") && err.contains("TIDEMALLOC_MMAP_THRESHOLD=12X"),
+        "no warning for a malformed value: {err}"
+    );
 }

@@ -44,7 +44,14 @@ impl Blk {
     }
 
     fn check(&self) {
-        assert_eq!(self.addr % self.align, 0, "block {} at {:#x} lost its alignment {}", self.id, self.addr, self.align);
+        assert_eq!(
+            self.addr % self.align,
+            0,
+            "block {} at {:#x} lost its alignment {}",
+            self.id,
+            self.addr,
+            self.align
+        );
         // SAFETY: the block is live and `size` bytes long.
         unsafe { common::check(self.addr as *const u8, self.size, self.id) };
     }

@@ -79,11 +79,7 @@ fn tag(id: u64) -> u64 {
 
 /// The expected byte at offset `o` of block `id`.
 pub fn expected_byte(id: u64, o: usize) -> u8 {
-    if o < 8 {
-        tag(id).to_le_bytes()[o]
-    } else {
-        (id.wrapping_mul(31) as u8).wrapping_add(o as u8)
-    }
+    if o < 8 { tag(id).to_le_bytes()[o] } else { (id.wrapping_mul(31) as u8).wrapping_add(o as u8) }
 }
 
 /// The expected 8 bytes at offsets `o..o+8` of block `id`, little endian.
@@ -175,9 +171,9 @@ pub unsafe fn check_limit(p: *const u8, size: usize, limit: usize, id: u64) -> R
     });
     match bad {
         None => Ok(()),
-        Some((o, got, want)) => Err(format!(
-            "block id {id} at {p:p} size {size}: offset {o}: got {got:#018x}, want {want:#018x}"
-        )),
+        Some((o, got, want)) => {
+            Err(format!("block id {id} at {p:p} size {size}: offset {o}: got {got:#018x}, want {want:#018x}"))
+        }
     }
 }
 
@@ -310,12 +306,51 @@ pub fn is_child(key: &str) -> bool {
 /// Re-executes this test binary running only `test_name`, with the child marker set to `key`,
 /// and returns its output.
 pub fn run_child(test_name: &str, key: &str) -> Output {
+    run_child_env(test_name, key, &[])
+}
+
+/// Like [`run_child`] with extra environment variables. The child is killed (SIGKILL) if it
+/// runs longer than two minutes: a child stuck at a memory limit must not hang the tests.
+pub fn run_child_env(test_name: &str, key: &str, env: &[(&str, &str)]) -> Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
     let exe = std::env::current_exe().expect("current_exe");
-    Command::new(exe)
-        .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
+    let mut cmd = Command::new(exe);
+    cmd.args(["--exact", test_name, "--nocapture", "--test-threads=1"])
         .env("TIDEMALLOC_TEST_CHILD", key)
-        .output()
-        .expect("run child")
+        // A panic's backtrace allocates a lot: keep it off in children that run at a limit.
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn child");
+    let mut out_pipe = child.stdout.take().unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out_pipe.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err_pipe.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for child") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().expect("wait for killed child");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: out_reader.join().unwrap(), stderr: err_reader.join().unwrap() }
 }
 
 pub fn describe(out: &Output) -> String {
