@@ -737,7 +737,7 @@ impl Report {
             );
             lx += 20.0 + 7.0 * a.len() as f64;
         }
-        let panels: [(&str, fn(&Report, usize, usize) -> f64); 2] = [
+        let panels: [(&str, Ratio); 2] = [
             ("wall time / glibc (lower is better)", Report::time_ratio),
             ("peak RSS / glibc (lower is better)", Report::rss_ratio),
         ];
@@ -795,6 +795,9 @@ impl Report {
         s
     }
 }
+
+/// A per-cell ratio of the report (workload, allocator).
+type Ratio = fn(&Report, usize, usize) -> f64;
 
 fn xml(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
