@@ -38,6 +38,9 @@ const RECLAIM_LIMIT: usize = 4;
 const BACKUP_TID: usize = 1;
 /// Empty segments a heap keeps per kind (against alloc/free churn at segment scale).
 const KEEP_EMPTY: usize = 1;
+/// Bytes of free but resident pages a heap keeps in its partly used segments; beyond it they
+/// are released (madvise), so a few live blocks cannot pin many resident pages.
+const DIRTY_PAGES_MAX: usize = 8 << 20;
 
 /// Pages of one size class, the one to allocate from first.
 #[derive(Clone, Copy)]
@@ -79,6 +82,9 @@ pub struct HeapSegs {
     queues: [SegQueue; PAGED_KINDS],
     /// Empty segments kept, per kind.
     empty: [usize; PAGED_KINDS],
+    /// Bytes of free pages still resident in segments that hold live blocks (approximate:
+    /// it only decides when to release them).
+    dirty_pages: usize,
 }
 
 // SAFETY: the segments are only touched under the lock that owns the struct.
@@ -249,7 +255,7 @@ impl Meta {
             // SAFETY: the box is ours until published; zeroed memory is a valid unlocked lock.
             let h = unsafe {
                 ptr::addr_of_mut!((*b).segs)
-                    .write(Lock::new(HeapSegs { queues: [EMPTY_SEGQ; PAGED_KINDS], empty: [0; PAGED_KINDS] }));
+                    .write(Lock::new(HeapSegs { queues: [EMPTY_SEGQ; PAGED_KINDS], empty: [0; PAGED_KINDS], dirty_pages: 0 }));
                 (*b).heap.segs = ptr::addr_of!((*b).segs);
                 ptr::addr_of_mut!((*b).heap)
             };
@@ -628,6 +634,9 @@ impl HeapSegs {
             self.empty[seg.kind as usize] -= 1;
         }
         let taken = seg.take_page()?;
+        if !taken.1 {
+            self.dirty_pages = self.dirty_pages.saturating_sub(seg.page_area(taken.0).1);
+        }
         if seg.free_mask == 0 {
             let q = &mut self.queues[seg.kind as usize];
             seg_unlink(q, seg);
@@ -662,9 +671,32 @@ impl HeapSegs {
             seg_push_front(q, seg);
         }
         if seg.used_pages == 0 {
+            // Its free pages now count as an empty segment (kept or returned to the arena).
+            self.dirty_pages = self.dirty_pages.saturating_sub(dirty_free_bytes(seg));
             self.empty[seg.kind as usize] += 1;
             self.trim_empty(KEEP_EMPTY);
+        } else {
+            self.dirty_pages += seg.page_area(i).1;
+            if self.dirty_pages > DIRTY_PAGES_MAX {
+                self.release_all_free_pages();
+            }
         }
+    }
+
+    /// Releases the free pages of every segment (madvise). True if there was any.
+    fn release_all_free_pages(&mut self) -> bool {
+        let mut released = false;
+        for k in 0..PAGED_KINDS {
+            let mut s = self.queues[k].first;
+            while !s.is_null() {
+                // SAFETY: segments in our queues are live and ours (we hold their lock).
+                let seg = unsafe { &mut *s };
+                s = seg.next;
+                released |= release_free_pages(seg);
+            }
+        }
+        self.dirty_pages = 0;
+        released
     }
 
     /// Frees empty segments until at most `keep` per kind remain. True if any was freed.
@@ -690,17 +722,7 @@ impl HeapSegs {
     /// Releases the memory of every free page (madvise) and every empty segment. True if
     /// anything was released.
     fn trim(&mut self) -> bool {
-        let mut released = self.trim_empty(0);
-        for k in 0..PAGED_KINDS {
-            let mut s = self.queues[k].first;
-            while !s.is_null() {
-                // SAFETY: segments in our queues are live and ours (we hold their lock).
-                let seg = unsafe { &mut *s };
-                s = seg.next;
-                released |= release_free_pages(seg);
-            }
-        }
-        released
+        self.trim_empty(0) | self.release_all_free_pages()
     }
 
     /// Thread exit: frees empty segments and abandons the others.
@@ -721,7 +743,19 @@ impl HeapSegs {
             }
             self.empty[k] = 0;
         }
+        self.dirty_pages = 0;
     }
+}
+
+/// Bytes of the free pages of `seg` that have been used since it came from the arena.
+fn dirty_free_bytes(seg: &Segment) -> usize {
+    let mut bits = seg.free_mask & !seg.fresh_mask;
+    let mut bytes = 0;
+    while bits != 0 {
+        bytes += seg.page_area(bits.trailing_zeros() as usize).1;
+        bits &= bits - 1;
+    }
+    bytes
 }
 
 /// Releases (madvise) the memory of the free pages of `seg` that have been used; they count
