@@ -20,6 +20,7 @@
 
 use crate::arena;
 use crate::lock::Lock;
+use crate::options::{self, Opt};
 use crate::os;
 use crate::page::{Block, FREE_IS_ZERO, HAS_ALIGNED, Page};
 use crate::segment::{self, Kind, PAGED_KINDS, SEGMENT_SHIFT, Segment};
@@ -38,9 +39,6 @@ const RECLAIM_LIMIT: usize = 4;
 const BACKUP_TID: usize = 1;
 /// Empty segments a heap keeps per kind (against alloc/free churn at segment scale).
 const KEEP_EMPTY: usize = 1;
-/// Bytes of free but resident pages a heap keeps in its partly used segments; beyond it they
-/// are released (madvise), so a few live blocks cannot pin many resident pages.
-const DIRTY_PAGES_MAX: usize = 8 << 20;
 
 /// Pages of one size class, the one to allocate from first.
 #[derive(Clone, Copy)]
@@ -69,6 +67,9 @@ pub struct Heap {
     pub in_use: LocalInUse,
     /// The segments this heap owns; a separate object so `trim` can reach it from any thread.
     segs: *const Lock<HeapSegs>,
+    /// When the free pages of partly used segments are to be released (ms), 0 when none is
+    /// pending.
+    pages_purge_at: u64,
     /// Next heap ever created (for merging counters and trimming); never changes once set.
     next_all: AtomicPtr<Heap>,
     /// Next heap in the pool of recycled heaps.
@@ -254,8 +255,11 @@ impl Meta {
             self.chunk_left -= size;
             // SAFETY: the box is ours until published; zeroed memory is a valid unlocked lock.
             let h = unsafe {
-                ptr::addr_of_mut!((*b).segs)
-                    .write(Lock::new(HeapSegs { queues: [EMPTY_SEGQ; PAGED_KINDS], empty: [0; PAGED_KINDS], dirty_pages: 0 }));
+                ptr::addr_of_mut!((*b).segs).write(Lock::new(HeapSegs {
+                    queues: [EMPTY_SEGQ; PAGED_KINDS],
+                    empty: [0; PAGED_KINDS],
+                    dirty_pages: 0,
+                }));
                 (*b).heap.segs = ptr::addr_of!((*b).segs);
                 ptr::addr_of_mut!((*b).heap)
             };
@@ -274,6 +278,7 @@ impl Meta {
         // SAFETY: `h` is an unused heap that only we can see.
         let heap = unsafe { &mut *h };
         heap.bins = [PageQueue { first: ptr::null_mut(), last: ptr::null_mut() }; NCLASSES];
+        heap.pages_purge_at = 0;
         Some(heap)
     }
 }
@@ -368,10 +373,20 @@ impl Heap {
     #[inline(never)]
     pub fn alloc_slow(&mut self, class: usize, zero: bool) -> *mut u8 {
         self.in_use.flush();
+        self.purge_pages_if_due();
         arena::purge_if_due();
         crate::large::purge_if_due();
         let Some(page) = self.find_page(class) else { return ptr::null_mut() };
         self.pop_from(page, zero)
+    }
+
+    /// Releases the free pages of our partly used segments once they have been free for the
+    /// purge delay, so RSS follows the live set.
+    fn purge_pages_if_due(&mut self) {
+        if self.pages_purge_at != 0 && os::now_ms() >= self.pages_purge_at {
+            self.pages_purge_at = 0;
+            self.segs().lock().release_all_free_pages();
+        }
     }
 
     /// Pops a block from `page` (which has one) and zeroes it if asked.
@@ -511,6 +526,9 @@ impl Heap {
         let seg = unsafe { &mut *(segment::segment_base(area) as *mut Segment) };
         let i = seg.page_index(area);
         self.segs().lock().release_page(seg, i);
+        if self.pages_purge_at == 0 {
+            self.pages_purge_at = os::now_ms() + options::get(Opt::PurgeDelay) as u64;
+        }
     }
 
     /// Thread exit: collects every page, frees what is empty, abandons the rest.
@@ -676,8 +694,10 @@ impl HeapSegs {
             self.empty[seg.kind as usize] += 1;
             self.trim_empty(KEEP_EMPTY);
         } else {
+            // Free pages stay resident for reuse; the owner releases them after the purge
+            // delay (see `Heap::purge_pages_if_due`), or at once beyond the dirty cap.
             self.dirty_pages += seg.page_area(i).1;
-            if self.dirty_pages > DIRTY_PAGES_MAX {
+            if self.dirty_pages > options::get(Opt::DirtyMax) {
                 self.release_all_free_pages();
             }
         }
