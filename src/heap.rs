@@ -298,16 +298,33 @@ extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
 // ---- fork ----
 
 extern "C" fn fork_prepare() {
-    // The same order as everywhere else: the forking thread's segments (`trim` on another
-    // thread may hold them), backup heap, heap memory, abandoned list, arena, large blocks.
-    if let Some(h) = current() {
-        crate::lock::hold(h.segs());
-    }
+    // The same order as everywhere else: backup heap, heap memory (no heap is created while
+    // it is held), every heap's segments (so no segment list is half updated in the child),
+    // abandoned list, arena, large blocks.
     crate::lock::hold(&BACKUP);
     crate::lock::hold(&META);
+    for_each_heap(|h| crate::lock::hold(segs_of(h)));
     crate::lock::hold(&ABANDONED);
     arena::lock_for_fork();
     crate::large::lock_for_fork();
+}
+
+/// Calls `f` on every heap ever created (live, pooled or backup). Other threads may own
+/// them: `f` touches only what it may (the segment lock, or heaps of threads that are gone).
+fn for_each_heap(mut f: impl FnMut(*mut Heap)) {
+    let mut h = ALL_HEAPS.load(Ordering::Acquire);
+    while !h.is_null() {
+        // SAFETY: heaps are never freed and `next_all` never changes once published.
+        let next = unsafe { (*h).next_all.load(Ordering::Acquire) };
+        f(h);
+        h = next;
+    }
+}
+
+/// The segment lock of any heap (it never changes once the heap is created).
+fn segs_of(h: *mut Heap) -> &'static Lock<HeapSegs> {
+    // SAFETY: heaps are never freed; `segs` is set at creation to a lock that lives forever.
+    unsafe { &*(*h).segs }
 }
 
 extern "C" fn fork_parent() {
@@ -327,19 +344,14 @@ extern "C" fn fork_child() {
 /// must not find its segments owned by them.
 fn abandon_other_heaps() {
     let me = current().map_or(ptr::null_mut(), |h| h as *mut Heap);
-    let mut h = ALL_HEAPS.load(Ordering::Acquire);
-    while !h.is_null() {
-        // SAFETY: heaps are never freed; in the child no other thread uses them.
+    for_each_heap(|h| {
+        // SAFETY: in the child no other thread exists, so heaps other than ours are unused.
         let heap = unsafe { &mut *h };
-        h = heap.next_all.load(Ordering::Acquire);
-        if ptr::eq(heap, me) || heap.thread_id == BACKUP_TID {
-            continue;
+        if h != me && heap.thread_id != BACKUP_TID {
+            heap.bins = [PageQueue { first: ptr::null_mut(), last: ptr::null_mut() }; NCLASSES];
+            heap.segs().lock().abandon_all();
         }
-        // SAFETY: the lock may be held by a thread that does not exist in the child.
-        unsafe { crate::lock::force_unlock(heap.segs()) };
-        heap.bins = [PageQueue { first: ptr::null_mut(), last: ptr::null_mut() }; NCLASSES];
-        heap.segs().lock().abandon_all();
-    }
+    });
 }
 
 /// # Safety
@@ -350,11 +362,9 @@ unsafe fn release_fork_locks() {
         crate::large::unlock_after_fork();
         arena::unlock_after_fork();
         crate::lock::force_unlock(&ABANDONED);
+        for_each_heap(|h| crate::lock::force_unlock(segs_of(h)));
         crate::lock::force_unlock(&META);
         crate::lock::force_unlock(&BACKUP);
-        if let Some(h) = current() {
-            crate::lock::force_unlock(h.segs());
-        }
     }
 }
 
@@ -913,14 +923,8 @@ pub fn mark_aligned(p: *mut u8) {
 /// Sum of every heap's unflushed in-use bytes.
 pub fn pending_in_use() -> isize {
     let mut sum = 0;
-    let mut h = ALL_HEAPS.load(Ordering::Acquire);
-    while !h.is_null() {
-        // SAFETY: heaps are never freed, and `pending` and `next_all` are atomics.
-        unsafe {
-            sum += (*h).in_use.pending();
-            h = (*h).next_all.load(Ordering::Acquire);
-        }
-    }
+    // SAFETY: heaps are never freed, and `pending` reads an atomic.
+    for_each_heap(|h| sum += unsafe { (*h).in_use.pending() });
     sum
 }
 
@@ -933,16 +937,12 @@ pub fn trim(pad: usize) -> bool {
     if let Some(h) = current() {
         released |= h.release_empty_pages();
     }
-    let mut h = ALL_HEAPS.load(Ordering::Acquire);
-    while !h.is_null() {
-        // SAFETY: heaps are never freed; `segs` and `next_all` never change after creation,
-        // and the segment side is only touched under its lock.
-        let (segs, next) = unsafe { (&*(*h).segs, (*h).next_all.load(Ordering::Acquire)) };
-        if let Some(mut s) = segs.try_lock() {
+    // Busy heaps are skipped: their owner is at work on them.
+    for_each_heap(|h| {
+        if let Some(mut s) = segs_of(h).try_lock() {
             released |= s.trim();
         }
-        h = next;
-    }
+    });
     released |= trim_abandoned();
     released |= crate::large::flush_cache();
     released |= arena::trim(pad);

@@ -317,3 +317,62 @@ fn options_from_the_environment() {
         "no warning for a malformed value: {err}"
     );
 }
+
+/// glibc's dynamic threshold: unless the program fixed it, freeing a large block raises the
+/// threshold to that block's size (up to 32 MiB), so the next block of that size comes from
+/// the arena; the trim threshold follows at twice the mmap threshold. Runs in child
+/// processes: the threshold must not have been fixed or moved yet.
+#[test]
+fn dynamic_threshold_follows_freed_large_blocks() {
+    const NAME: &str = "dynamic_threshold_follows_freed_large_blocks";
+    if let Ok(case) = std::env::var("TIDEMALLOC_TEST_CHILD") {
+        if !case.starts_with(NAME) {
+            return;
+        }
+        let fixed = case.ends_with("fixed");
+        let t0 = get_mmap_threshold();
+        assert_eq!(t0, DEFAULT_THRESHOLD);
+        let a = Block::new(1 << 20, 1);
+        assert_in_own_mapping(&a, "1 MiB block at the default threshold");
+        a.free();
+        let t1 = get_mmap_threshold();
+        if fixed {
+            assert_eq!(t1, DEFAULT_THRESHOLD, "a fixed threshold moved after a free");
+            let b = Block::new(1 << 20, 2);
+            assert_in_own_mapping(&b, "1 MiB block, fixed threshold");
+            b.free();
+            println!("CHILD ok");
+            return;
+        }
+        assert!(t1 > 1 << 20 && t1 <= (1 << 20) + 8192, "threshold after freeing a 1 MiB block: {t1}");
+        assert_eq!(tidemalloc::get_option(Opt::TrimThreshold), 2 * t1, "the trim threshold does not follow");
+        let b = Block::new(1 << 20, 2);
+        assert_in_heap(&b, "1 MiB block after the threshold rose");
+        let c = Block::new(t1, 3);
+        assert_in_own_mapping(&c, "block at the raised threshold");
+        // Blocks beyond 32 MiB do not move the threshold.
+        let d = Block::new(40 << 20, 4);
+        assert_in_own_mapping(&d, "40 MiB block");
+        d.free();
+        assert_eq!(get_mmap_threshold(), t1, "a 40 MiB block moved the threshold");
+        // A smaller large block does not lower it.
+        c.free();
+        let t2 = get_mmap_threshold();
+        assert!(t2 >= t1);
+        // Once the program sets the threshold, frees no longer move it.
+        assert!(set_mmap_threshold(256 << 10));
+        let e = Block::new(2 << 20, 5);
+        assert_in_own_mapping(&e, "2 MiB block, threshold set to 256 KiB");
+        e.free();
+        assert_eq!(get_mmap_threshold(), 256 << 10, "a set threshold moved after a free");
+        b.free();
+        println!("CHILD ok");
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for (case, env) in [("dynamic", vec![]), ("fixed", vec![("TIDEMALLOC_MMAP_THRESHOLD", "128K")])] {
+        let out = common::run_child_env(NAME, &format!("{NAME}-{case}"), &env);
+        assert!(out.status.success(), "child {case}: {}", common::describe(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("CHILD ok"), "child {case}: {}", common::describe(&out));
+    }
+}

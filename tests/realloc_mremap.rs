@@ -16,8 +16,13 @@ use common::{heap_ranges, in_heap};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Runs the tests one at a time, with the mmap threshold fixed at its default: freed large
+/// blocks would otherwise raise it (glibc's dynamic threshold) and move 1 MiB blocks into
+/// the arena.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(tidemalloc::set_mmap_threshold(128 << 10));
+    g
 }
 
 const MAGIC: u64 = 0x6d72_656d_6170_0000;

@@ -9,7 +9,10 @@
 //! live blocks of all of them are checked not to overlap. At the end everything is freed and
 //! `stats().in_use` must be back where it started.
 //!
-//! `TIDEMALLOC_STRESS_OPS` raises the number of operations (default and minimum 2 million).
+//! Two rounds of at least 2 million operations each: with the adaptive mmap threshold, then
+//! with the threshold fixed at 128 KiB (big blocks in their own mappings, mremap).
+//! `TIDEMALLOC_STRESS_OPS` raises the number of operations per round (default and minimum
+//! 2 million).
 
 use std::alloc::{Layout, alloc, dealloc, realloc};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -210,13 +213,8 @@ fn worker(t: usize, ops: usize, rx: Receiver<Blk>, txs: Vec<Sender<Blk>>, shared
     counts
 }
 
-#[test]
-fn stress_eight_threads_shadow_model() {
-    let ops = std::env::var("TIDEMALLOC_STRESS_OPS")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .unwrap_or(DEFAULT_OPS)
-        .max(DEFAULT_OPS);
+/// One round: eight workers, `ops` operations in all; checks the counters afterwards.
+fn round(name: &str, ops: usize) {
     let start = tidemalloc::stats();
     let t0 = Instant::now();
 
@@ -243,34 +241,57 @@ fn stress_eight_threads_shadow_model() {
     let allocs: usize = counts.iter().map(|c| c.allocs).sum();
     let frees: usize = counts.iter().map(|c| c.frees).sum();
     let end = tidemalloc::stats();
-    eprintln!("stress: {total} ops in {:?}; per thread {counts:?}", t0.elapsed());
-    eprintln!("stress: start {start:?}\nstress: end   {end:?}");
+    eprintln!("stress {name}: {total} ops in {:?}; per thread {counts:?}", t0.elapsed());
+    eprintln!("stress {name}: start {start:?}\nstress {name}: end   {end:?}");
 
-    assert!(total >= ops / THREADS * THREADS, "only {total} operations ran");
-    assert_eq!(sends, received, "blocks were lost in hand-over");
-    assert_eq!(allocs, frees, "the shadow model lost a block");
+    assert!(total >= ops / THREADS * THREADS, "{name}: only {total} operations ran");
+    assert_eq!(sends, received, "{name}: blocks were lost in hand-over");
+    assert_eq!(allocs, frees, "{name}: the shadow model lost a block");
     assert!(
         end.peak_in_use >= start.in_use + (16 << 20),
-        "peak_in_use {} never rose 16 MiB above the start {}",
+        "{name}: peak_in_use {} never rose 16 MiB above the start {}",
         end.peak_in_use,
         start.in_use
     );
     let slack = 4 << 20;
     assert!(
         end.in_use <= start.in_use + slack && end.in_use + slack >= start.in_use,
-        "in_use did not come back: start {} end {}",
+        "{name}: in_use did not come back: start {} end {}",
         start.in_use,
         end.in_use
     );
+    assert_eq!(end.large_blocks, start.large_blocks, "{name}: large blocks leaked");
 
     // Everything is free: trimming gives back all but a few segments.
     tidemalloc::trim(0);
     let trimmed = tidemalloc::stats();
-    eprintln!("stress: after trim(0) {trimmed:?}");
+    eprintln!("stress {name}: after trim(0) {trimmed:?}");
     let before = start.reserved_brk + start.reserved_mmap;
     let after = trimmed.reserved_brk + trimmed.reserved_mmap;
     assert!(
         after <= before + (64 << 20),
-        "after freeing everything and trim(0) the allocator still holds {after} bytes (it held {before} at the start)"
+        "{name}: after freeing everything and trim(0) the allocator still holds {after} bytes (it held {before} at the start)"
+    );
+}
+
+/// Two rounds: first with the mmap threshold as the allocator adapts it (freed large blocks
+/// raise it, glibc-style, so most big blocks end up in the arena), then with the threshold
+/// fixed at its 128 KiB default, so that every block above it is its own mapping and big
+/// reallocs go through mremap while other threads work.
+#[test]
+fn stress_eight_threads_shadow_model() {
+    let ops = std::env::var("TIDEMALLOC_STRESS_OPS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(DEFAULT_OPS)
+        .max(DEFAULT_OPS);
+    round("adaptive threshold", ops);
+    assert!(tidemalloc::set_mmap_threshold(128 << 10));
+    let before = tidemalloc::stats();
+    round("threshold 128 KiB", ops);
+    let after = tidemalloc::stats();
+    assert!(
+        after.mmap_calls >= before.mmap_calls + 1000 && after.mremap_calls >= before.mremap_calls + 100,
+        "with a fixed threshold the big blocks did not use mmap and mremap: {before:?} -> {after:?}"
     );
 }

@@ -29,7 +29,7 @@ fn worker(n: usize) -> Vec<Handed> {
         blocks.push((size, k));
     }
     // One thread in four also has large blocks.
-    if n % 4 == 0 {
+    if n.is_multiple_of(4) {
         blocks.push((rng.range((128 << 10) + 1, 1 << 20), count));
         blocks.push((rng.range(128 << 10, 3 << 20), count + 1));
     }
