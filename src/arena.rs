@@ -85,22 +85,23 @@ pub struct Segments {
     pub zeroed: bool,
 }
 
-/// Takes `n` contiguous segments: reused dirty ones first, then clean ones, then new ones
-/// from the break, then from mmap. None when nothing can provide them.
-pub fn alloc_segments(n: usize) -> Option<Segments> {
+/// Takes `n` contiguous segments: free ones (with `resident_first`, those whose pages are
+/// still resident first: for blocks that will be touched whole), then new ones from the
+/// break, then from mmap. None when nothing can provide them.
+pub fn alloc_segments(n: usize, resident_first: bool) -> Option<Segments> {
     let bytes = n.checked_mul(SEGMENT_SIZE)?;
     {
         let mut a = ARENA.lock();
         let now = os::now_ms();
         a.purge(now, false);
-        if let Some((p, fresh)) = a.take_first_fit(n) {
+        if let Some((p, fresh)) = a.take_first_fit(n, resident_first) {
             return Some(Segments { base: p as *mut u8, from_mmap: false, zeroed: fresh == n });
         }
         // No free run fits: fresh memory will be faulted in, so release as much resident
         // memory (the oldest freed) in exchange, keeping RSS level; released spans may join
         // into a fit.
         a.purge_bytes(bytes);
-        if let Some((p, fresh)) = a.take_first_fit(n) {
+        if let Some((p, fresh)) = a.take_first_fit(n, resident_first) {
             return Some(Segments { base: p as *mut u8, from_mmap: false, zeroed: fresh == n });
         }
         if let Some(p) = a.grow(n) {
@@ -180,10 +181,11 @@ pub unsafe fn unlock_after_fork() {
 }
 
 impl Arena {
-    /// Takes `n` segments from a run of adjacent free spans: the run that needs the fewest
-    /// non-resident (clean) segments, the lowest such. Returns the address and how many of
-    /// the segments were not resident (and will be faulted in).
-    fn take_first_fit(&mut self, n: usize) -> Option<(usize, usize)> {
+    /// Takes `n` segments from a run of adjacent free spans: with `resident_first`, the run
+    /// that needs the fewest non-resident (clean) segments, the lowest such; otherwise the
+    /// lowest run (low addresses keep the top of the break free to trim). Returns the address
+    /// and how many of the segments were not resident (and will be faulted in).
+    fn take_first_fit(&mut self, n: usize, resident_first: bool) -> Option<(usize, usize)> {
         let mut best: Option<(usize, usize, usize)> = None; // (fresh, first, last)
         for i in 0..self.nspans {
             let (mut j, mut left, mut fresh) = (i, n, 0);
@@ -201,7 +203,7 @@ impl Arena {
             }
             if left == 0 && best.is_none_or(|b| fresh < b.0) {
                 best = Some((fresh, i, j));
-                if fresh == 0 {
+                if fresh == 0 || !resident_first {
                     break;
                 }
             }

@@ -648,7 +648,7 @@ impl HeapSegs {
 
     /// A new, empty segment of `kind` from the arena, owned by `heap`.
     fn new_segment(&mut self, kind: Kind, heap: &mut Heap) -> Option<&'static mut Segment> {
-        let m = arena::alloc_segments(1)?;
+        let m = arena::alloc_segments(1, false)?;
         // SAFETY: the arena gave us an aligned segment nobody else uses.
         let seg = unsafe { &mut *Segment::init(m.base, kind, 1, m.from_mmap, m.zeroed) };
         // No other segment of this kind has a free page, so none is empty: adopting keeps it.
@@ -878,7 +878,7 @@ pub fn alloc_huge(size: usize, zero: bool) -> *mut u8 {
     if n > (isize::MAX as usize) >> SEGMENT_SHIFT {
         return ptr::null_mut();
     }
-    let Some(m) = arena::alloc_segments(n) else { return ptr::null_mut() };
+    let Some(m) = arena::alloc_segments(n, true) else { return ptr::null_mut() };
     // SAFETY: the arena gave us `n` aligned segments nobody else uses.
     let seg = unsafe { &mut *Segment::init(m.base, Kind::Huge, n, m.from_mmap, m.zeroed) };
     seg.free_mask = 0;
