@@ -544,24 +544,9 @@ impl Heap {
     /// Thread exit: collects every page, frees what is empty, abandons the rest.
     fn abandon(&mut self) {
         self.in_use.flush();
-        let mut segs = self.segs().lock();
-        for class in 0..NCLASSES {
-            let mut p = self.bins[class].first;
-            while !p.is_null() {
-                // SAFETY: pages in our queues are live descriptors in segments we own.
-                let page = unsafe { &mut *p };
-                p = page.next;
-                page.collect_thread_free();
-                if page.used == 0 {
-                    // SAFETY: the page's segment is live and ours.
-                    let seg = unsafe { &mut *(segment::segment_base(page.area) as *mut Segment) };
-                    let i = seg.page_index(page.area);
-                    segs.release_page(seg, i);
-                }
-            }
-            self.bins[class] = PageQueue { first: ptr::null_mut(), last: ptr::null_mut() };
-        }
-        segs.abandon_all();
+        self.release_empty_pages();
+        self.bins = [PageQueue { first: ptr::null_mut(), last: ptr::null_mut() }; NCLASSES];
+        self.segs().lock().abandon_all();
     }
 
     /// Gives every page of ours with no block in use back to its segment, even the only page
