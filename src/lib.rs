@@ -123,16 +123,21 @@ fn alloc_impl<const ZERO: bool>(size: usize) -> *mut u8 {
         && size < mmap_threshold()
         && let Some(heap) = heap::current()
     {
-        let class = class_of(size);
-        let page = heap.bins[class].first;
-        // SAFETY: pages in a heap's queues are live descriptors owned by this thread.
-        if !page.is_null() && unsafe { !(*page).free.is_null() } {
-            // SAFETY: as above.
-            return heap.pop_from(unsafe { &mut *page }, ZERO);
-        }
-        return heap.alloc_slow(class, ZERO);
+        return heap_alloc(heap, class_of(size), ZERO);
     }
     alloc_cold(size, ZERO)
+}
+
+/// A block of `class` from `heap`: the first page's free list, else the slow path.
+#[inline(always)]
+fn heap_alloc(heap: &mut heap::Heap, class: usize, zero: bool) -> *mut u8 {
+    let page = heap.bins[class].first;
+    // SAFETY: pages in a heap's queues are live descriptors owned by this thread.
+    if !page.is_null() && unsafe { !(*page).free.is_null() } {
+        // SAFETY: as above.
+        return heap.pop_from(unsafe { &mut *page }, zero);
+    }
+    heap.alloc_slow(class, zero)
 }
 
 #[cold]
@@ -163,7 +168,7 @@ fn alloc_arena(size: usize, zero: bool) -> *mut u8 {
         return heap::alloc_huge(size, zero);
     }
     let class = class_of(size);
-    heap::with_heap(|h| h.alloc_slow(class, zero)).unwrap_or(ptr::null_mut())
+    heap::with_heap(|h| heap_alloc(h, class, zero)).unwrap_or(ptr::null_mut())
 }
 
 /// Allocates `size` bytes aligned to `align` (a power of two). Null when out of memory or
@@ -190,7 +195,7 @@ fn aligned_impl(align: usize, size: usize, zero: bool) -> *mut u8 {
         return large::alloc(size, align, zero);
     }
     // A power-of-two class at least as large as the request is naturally aligned.
-    if size <= align && align <= NATURAL_ALIGN && align <= MAX_CLASS_SIZE && align < threshold {
+    if size <= align && align <= NATURAL_ALIGN && align < threshold {
         return alloc_impl_dyn(align, zero);
     }
     let Some(need) = size.checked_add(align - MIN_ALIGN) else { return ptr::null_mut() };
@@ -200,7 +205,7 @@ fn aligned_impl(align: usize, size: usize, zero: bool) -> *mut u8 {
     }
     let class = class_of(need);
     // The flag must be set by the heap's owner (or under the backup lock): do it inside.
-    heap::with_heap(|h| offset_block(h.alloc_slow(class, zero), align)).unwrap_or(ptr::null_mut())
+    heap::with_heap(|h| offset_block(heap_alloc(h, class, zero), align)).unwrap_or(ptr::null_mut())
 }
 
 fn alloc_impl_dyn(size: usize, zero: bool) -> *mut u8 {
