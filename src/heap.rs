@@ -419,9 +419,12 @@ impl Heap {
         b.cast()
     }
 
-    /// A page of `class` with a free block, moved to the front of its queue.
+    /// A page of `class` with a free block, moved to the front of its queue. Freed blocks
+    /// are looked for first (in a few pages), then uncarved room in a page, then a new page:
+    /// carving touches memory, reuse does not.
     fn find_page(&mut self, class: usize) -> Option<&'static mut Page> {
         let mut p = self.bins[class].first;
+        let mut roomy: *mut Page = ptr::null_mut();
         for _ in 0..SEARCH_LIMIT {
             if p.is_null() {
                 break;
@@ -429,14 +432,25 @@ impl Heap {
             // SAFETY: pages in our queues are live descriptors of segments we own.
             let page = unsafe { &mut *p };
             let next = page.next;
-            if page.collect() || page.extend() {
+            if page.collect() {
                 self.queue_move_front(class, page);
                 return Some(page);
             }
-            self.queue_move_back(class, page);
+            if roomy.is_null() && page.capacity < page.reserved {
+                roomy = page;
+            } else {
+                self.queue_move_back(class, page);
+            }
             p = next;
         }
-        let page = self.fresh_page(class)?;
+        let page = if roomy.is_null() {
+            self.fresh_page(class)?
+        } else {
+            // SAFETY: as above.
+            let page = unsafe { &mut *roomy };
+            self.queue_move_front(class, page);
+            page
+        };
         page.extend();
         Some(page)
     }

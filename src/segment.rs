@@ -130,12 +130,15 @@ impl Segment {
         page_index(self.kind, p)
     }
 
-    /// Takes a free page (lowest index) and returns its index, or None if all are in use.
+    /// Takes a free page (the lowest that was used before, else the lowest) and returns its
+    /// index and whether it is fresh, or None if all are in use.
     pub fn take_page(&mut self) -> Option<(usize, bool)> {
         if self.free_mask == 0 {
             return None;
         }
-        let i = self.free_mask.trailing_zeros() as usize;
+        // A used page first: its memory is resident already, a fresh one would add to RSS.
+        let used_before = self.free_mask & !self.fresh_mask;
+        let i = if used_before != 0 { used_before } else { self.free_mask }.trailing_zeros() as usize;
         self.free_mask &= !(1 << i);
         let fresh = self.fresh_mask & (1 << i) != 0;
         self.fresh_mask &= !(1 << i);
