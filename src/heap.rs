@@ -4,13 +4,16 @@
 //! - Fast paths (in `lib.rs`): malloc pops the first page's `free` list; a same-thread free
 //!   pushes on the page's `local_free`. Neither takes a lock or does an atomic
 //!   read-modify-write.
-//! - Slow path ([`Heap::alloc_slow`]): merges freed blocks into the current page, else walks a
-//!   few pages of the queue collecting cross-thread frees (full pages rotate to the back),
-//!   else takes a free page: from the heap's own segments, from a segment abandoned by an
-//!   exited thread, or from a new segment from the arena.
+//! - Slow path ([`Heap::alloc_slow`]): looks for freed blocks (own and cross-thread) in a few
+//!   pages of the queue (full pages rotate to the back), else carves more of a page, else
+//!   takes a free page: from the heap's own segments, from a segment abandoned by an exited
+//!   thread, or from a new segment from the arena.
 //! - A page that empties goes back to its segment (unless it is its class's only page), where
-//!   any size class of the same kind can take it; a segment that empties goes back to the
-//!   arena, but for one kept per kind against churn.
+//!   any size class of the same kind can take it; its memory stays resident for the purge
+//!   delay, then is released. A segment that empties goes back to the arena, but for one kept
+//!   per kind against churn.
+//! - The segment side of a heap (`HeapSegs`) sits behind a lock that only slow paths take, so
+//!   `trim` on any thread (and `fork`) can reach every heap's free memory.
 //! - Thread exit (a pthread key destructor): pages are collected, segments that still hold
 //!   live blocks are abandoned to a global list and adopted by the next heap that needs a
 //!   page, so thread churn strands no memory. Allocations the thread makes after that (from
