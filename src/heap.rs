@@ -22,6 +22,7 @@
 //! Heaps live in memory from `os` (never the Rust allocator) and are recycled, never freed.
 
 use crate::arena;
+use crate::list::{List, Node};
 use crate::lock::Lock;
 use crate::options::{self, Opt};
 use crate::os;
@@ -44,20 +45,10 @@ const BACKUP_TID: usize = 1;
 const KEEP_EMPTY: usize = 1;
 
 /// Pages of one size class, the one to allocate from first.
-#[derive(Clone, Copy)]
-pub struct PageQueue {
-    pub first: *mut Page,
-    last: *mut Page,
-}
+pub type PageQueue = List<Page>;
 
 /// Segments of one kind; those with free pages come first.
-#[derive(Clone, Copy)]
-struct SegQueue {
-    first: *mut Segment,
-    last: *mut Segment,
-}
-
-const EMPTY_SEGQ: SegQueue = SegQueue { first: ptr::null_mut(), last: ptr::null_mut() };
+type SegQueue = List<Segment>;
 
 /// A thread's heap: the owner's private state, touched only by the owning thread.
 #[repr(C)]
@@ -133,7 +124,7 @@ static ALL_HEAPS: AtomicPtr<Heap> = AtomicPtr::new(ptr::null_mut());
 struct Abandoned(SegQueue);
 // SAFETY: the segments are only touched under the lock that owns the struct.
 unsafe impl Send for Abandoned {}
-static ABANDONED: Lock<Abandoned> = Lock::new(Abandoned(EMPTY_SEGQ));
+static ABANDONED: Lock<Abandoned> = Lock::new(Abandoned(SegQueue::new()));
 /// Number of abandoned segments (read without the lock to skip it when zero).
 static ABANDONED_COUNT: AtomicUsize = AtomicUsize::new(0);
 
@@ -259,7 +250,7 @@ impl Meta {
             // SAFETY: the box is ours until published; zeroed memory is a valid unlocked lock.
             let h = unsafe {
                 ptr::addr_of_mut!((*b).segs).write(Lock::new(HeapSegs {
-                    queues: [EMPTY_SEGQ; PAGED_KINDS],
+                    queues: [SegQueue::new(); PAGED_KINDS],
                     empty: [0; PAGED_KINDS],
                     dirty_pages: 0,
                 }));
@@ -280,7 +271,7 @@ impl Meta {
         };
         // SAFETY: `h` is an unused heap that only we can see.
         let heap = unsafe { &mut *h };
-        heap.bins = [PageQueue { first: ptr::null_mut(), last: ptr::null_mut() }; NCLASSES];
+        heap.bins = [PageQueue::new(); NCLASSES];
         heap.pages_purge_at = 0;
         Some(heap)
     }
@@ -351,7 +342,7 @@ fn abandon_other_heaps() {
         // SAFETY: in the child no other thread exists, so heaps other than ours are unused.
         let heap = unsafe { &mut *h };
         if h != me && heap.thread_id != BACKUP_TID {
-            heap.bins = [PageQueue { first: ptr::null_mut(), last: ptr::null_mut() }; NCLASSES];
+            heap.bins = [PageQueue::new(); NCLASSES];
             heap.segs().lock().abandon_all();
         }
     });
@@ -436,13 +427,13 @@ impl Heap {
             let page = unsafe { &mut *p };
             let next = page.next;
             if page.collect() {
-                self.queue_move_front(class, page);
+                self.bins[class].move_front(page);
                 return Some(page);
             }
             if roomy.is_null() && page.capacity < page.reserved {
                 roomy = page;
             } else {
-                self.queue_move_back(class, page);
+                self.bins[class].move_back(page);
             }
             p = next;
         }
@@ -451,7 +442,7 @@ impl Heap {
         } else {
             // SAFETY: as above.
             let page = unsafe { &mut *roomy };
-            self.queue_move_front(class, page);
+            self.bins[class].move_front(page);
             page
         };
         page.extend();
@@ -475,7 +466,7 @@ impl Heap {
         let (area, len) = seg.page_area(i);
         let page = &mut seg.pages[i];
         page.init(class as u8, bs, area, len / bs, fresh);
-        self.queue_push_front(class, page);
+        self.bins[class].push_front(page);
         // SAFETY: segment headers live as long as the segment, which we own.
         Some(unsafe { &mut *(page as *mut Page) })
     }
@@ -511,7 +502,7 @@ impl Heap {
                 live &= live - 1;
                 let page = &mut seg.pages[i];
                 let class = page.class as usize;
-                self.queue_push_front(class, page);
+                self.bins[class].push_front(page);
             }
             if seg.kind == kind && seg.free_mask != 0 {
                 return Some(seg);
@@ -548,7 +539,7 @@ impl Heap {
         // the segment is touched.
         let (class, area) = unsafe { ((*page).class as usize, (*page).area) };
         // SAFETY: as above.
-        self.queue_unlink(class, unsafe { &mut *page });
+        self.bins[class].unlink(unsafe { &mut *page });
         // SAFETY: the page's segment is live and ours.
         let seg = unsafe { &mut *(segment::segment_base(area) as *mut Segment) };
         let i = seg.page_index(area);
@@ -562,7 +553,7 @@ impl Heap {
     fn abandon(&mut self) {
         self.in_use.flush();
         self.release_empty_pages();
-        self.bins = [PageQueue { first: ptr::null_mut(), last: ptr::null_mut() }; NCLASSES];
+        self.bins = [PageQueue::new(); NCLASSES];
         self.segs().lock().abandon_all();
     }
 
@@ -584,58 +575,6 @@ impl Heap {
             }
         }
         released
-    }
-
-    // ---- page queue plumbing ----
-
-    fn queue_push_front(&mut self, class: usize, page: &mut Page) {
-        let q = &mut self.bins[class];
-        page.prev = ptr::null_mut();
-        page.next = q.first;
-        if q.first.is_null() {
-            q.last = page;
-        } else {
-            // SAFETY: queued pages are live.
-            unsafe { (*q.first).prev = page };
-        }
-        q.first = page;
-    }
-
-    fn queue_unlink(&mut self, class: usize, page: &mut Page) {
-        let q = &mut self.bins[class];
-        if page.prev.is_null() {
-            q.first = page.next;
-        } else {
-            // SAFETY: queued pages are live.
-            unsafe { (*page.prev).next = page.next };
-        }
-        if page.next.is_null() {
-            q.last = page.prev;
-        } else {
-            // SAFETY: queued pages are live.
-            unsafe { (*page.next).prev = page.prev };
-        }
-        page.next = ptr::null_mut();
-        page.prev = ptr::null_mut();
-    }
-
-    fn queue_move_front(&mut self, class: usize, page: &mut Page) {
-        if !ptr::eq(self.bins[class].first, page) {
-            self.queue_unlink(class, page);
-            self.queue_push_front(class, page);
-        }
-    }
-
-    fn queue_move_back(&mut self, class: usize, page: &mut Page) {
-        if ptr::eq(self.bins[class].last, page) {
-            return;
-        }
-        self.queue_unlink(class, page);
-        let q = &mut self.bins[class];
-        page.prev = q.last;
-        // SAFETY: the queue is non-empty (it held `page` and another page).
-        unsafe { (*q.last).next = page };
-        q.last = page;
     }
 }
 
@@ -668,9 +607,7 @@ impl HeapSegs {
             self.dirty_pages = self.dirty_pages.saturating_sub(seg.page_area(taken.0).1);
         }
         if seg.free_mask == 0 {
-            let q = &mut self.queues[seg.kind as usize];
-            seg_unlink(q, seg);
-            seg_push_back(q, seg);
+            self.queues[seg.kind as usize].move_back(seg);
         }
         Some(taken)
     }
@@ -681,9 +618,9 @@ impl HeapSegs {
         seg.thread_id.store(heap.thread_id, Ordering::Release);
         let q = &mut self.queues[seg.kind as usize];
         if seg.free_mask != 0 {
-            seg_push_front(q, seg);
+            q.push_front(seg);
         } else {
-            seg_push_back(q, seg);
+            q.push_back(seg);
         }
         if seg.used_pages == 0 {
             self.empty[seg.kind as usize] += 1;
@@ -695,10 +632,8 @@ impl HeapSegs {
     fn release_page(&mut self, seg: &mut Segment, i: usize) {
         let was_full = seg.free_mask == 0;
         seg.release_page(i);
-        let q = &mut self.queues[seg.kind as usize];
         if was_full {
-            seg_unlink(q, seg);
-            seg_push_front(q, seg);
+            self.queues[seg.kind as usize].move_front(seg);
         }
         if seg.used_pages == 0 {
             // Its free pages now count as an empty segment (kept or returned to the arena).
@@ -742,7 +677,7 @@ impl HeapSegs {
                 s = seg.next;
                 if seg.used_pages == 0 {
                     self.empty[k] -= 1;
-                    seg_unlink(&mut self.queues[k], seg);
+                    self.queues[k].unlink(seg);
                     free_segment(seg);
                     freed = true;
                 }
@@ -763,14 +698,14 @@ impl HeapSegs {
             while !self.queues[k].first.is_null() {
                 // SAFETY: segments in our queues are live and ours.
                 let seg = unsafe { &mut *self.queues[k].first };
-                seg_unlink(&mut self.queues[k], seg);
+                self.queues[k].unlink(seg);
                 if seg.used_pages == 0 {
                     free_segment(seg);
                     continue;
                 }
                 seg.heap = ptr::null_mut();
                 seg.thread_id.store(0, Ordering::Release);
-                seg_push_back(&mut ABANDONED.lock().0, seg);
+                ABANDONED.lock().0.push_back(seg);
                 ABANDONED_COUNT.fetch_add(1, Ordering::Relaxed);
             }
             self.empty[k] = 0;
@@ -815,51 +750,10 @@ fn pop_abandoned() -> Option<&'static mut Segment> {
         return None;
     }
     // SAFETY: segments on the abandoned list are live and owned by the list.
-    unsafe { seg_unlink(&mut a.0, &mut *s) };
+    unsafe { a.0.unlink(&mut *s) };
     ABANDONED_COUNT.fetch_sub(1, Ordering::Relaxed);
     // SAFETY: as above; now the caller's.
     Some(unsafe { &mut *s })
-}
-
-fn seg_unlink(q: &mut SegQueue, seg: &mut Segment) {
-    if seg.prev.is_null() {
-        q.first = seg.next;
-    } else {
-        // SAFETY: queued segments are live.
-        unsafe { (*seg.prev).next = seg.next };
-    }
-    if seg.next.is_null() {
-        q.last = seg.prev;
-    } else {
-        // SAFETY: queued segments are live.
-        unsafe { (*seg.next).prev = seg.prev };
-    }
-    seg.next = ptr::null_mut();
-    seg.prev = ptr::null_mut();
-}
-
-fn seg_push_back(q: &mut SegQueue, seg: &mut Segment) {
-    seg.next = ptr::null_mut();
-    seg.prev = q.last;
-    if q.last.is_null() {
-        q.first = seg;
-    } else {
-        // SAFETY: queued segments are live.
-        unsafe { (*q.last).next = seg };
-    }
-    q.last = seg;
-}
-
-fn seg_push_front(q: &mut SegQueue, seg: &mut Segment) {
-    seg.prev = ptr::null_mut();
-    seg.next = q.first;
-    if q.first.is_null() {
-        q.last = seg;
-    } else {
-        // SAFETY: queued segments are live.
-        unsafe { (*q.first).prev = seg };
-    }
-    q.first = seg;
 }
 
 /// Returns a whole segment (or huge span) to the arena.
@@ -970,7 +864,7 @@ fn trim_abandoned() -> bool {
             }
         }
         if seg.used_pages == 0 {
-            seg_unlink(&mut a.0, seg);
+            a.0.unlink(seg);
             ABANDONED_COUNT.fetch_sub(1, Ordering::Relaxed);
             free_segment(seg);
             released = true;
@@ -979,4 +873,16 @@ fn trim_abandoned() -> bool {
         }
     }
     released
+}
+
+impl Node for Page {
+    fn links(&mut self) -> (&mut *mut Self, &mut *mut Self) {
+        (&mut self.prev, &mut self.next)
+    }
+}
+
+impl Node for Segment {
+    fn links(&mut self) -> (&mut *mut Self, &mut *mut Self) {
+        (&mut self.prev, &mut self.next)
+    }
 }

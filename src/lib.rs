@@ -32,6 +32,7 @@
 mod arena;
 mod heap;
 mod large;
+mod list;
 mod lock;
 #[doc(hidden)]
 pub mod msg;

@@ -74,8 +74,10 @@ impl LocalInUse {
     }
 }
 
-/// A copy of all counters at one moment.
+/// A copy of all counters at one moment. `repr(C)`: it is also the C header's
+/// `struct tidemalloc_stats` (same fields, same order).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
 pub struct Stats {
     /// Bytes in live blocks (block-size granular, so at least what callers asked for).
     pub in_use: usize,

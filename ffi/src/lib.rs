@@ -271,39 +271,11 @@ pub unsafe extern "C" fn malloc_info(options: c_int, fp: *mut libc::FILE) -> c_i
 
 // ---- tidemalloc's own extensions (see include/tidemalloc.h) ----
 
-/// `struct tidemalloc_stats` of the header.
-#[repr(C)]
-pub struct TmStats {
-    pub in_use: usize,
-    pub peak_in_use: usize,
-    pub reserved_brk: usize,
-    pub reserved_mmap: usize,
-    pub large_blocks: usize,
-    pub brk_calls: usize,
-    pub mmap_calls: usize,
-    pub munmap_calls: usize,
-    pub mremap_calls: usize,
-    pub madvise_calls: usize,
-}
-
+/// Fills `struct tidemalloc_stats` of the header, which is laid out as `tide::Stats`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn tidemalloc_get_stats(out: *mut TmStats) {
-    let s = tide::stats();
+pub unsafe extern "C" fn tidemalloc_get_stats(out: *mut tide::Stats) {
     // SAFETY: the caller passes a valid out-pointer.
-    unsafe {
-        out.write(TmStats {
-            in_use: s.in_use,
-            peak_in_use: s.peak_in_use,
-            reserved_brk: s.reserved_brk,
-            reserved_mmap: s.reserved_mmap,
-            large_blocks: s.large_blocks,
-            brk_calls: s.brk_calls,
-            mmap_calls: s.mmap_calls,
-            munmap_calls: s.munmap_calls,
-            mremap_calls: s.mremap_calls,
-            madvise_calls: s.madvise_calls,
-        })
-    };
+    unsafe { out.write(tide::stats()) };
 }
 
 #[unsafe(no_mangle)]
