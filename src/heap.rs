@@ -4,10 +4,10 @@
 //! - Fast paths (in `lib.rs`): malloc pops the first page's `free` list; a same-thread free
 //!   pushes on the page's `local_free`. Neither takes a lock or does an atomic
 //!   read-modify-write.
-//! - Slow path ([`Heap::alloc_slow`]): looks for freed blocks (own and cross-thread) in a few
-//!   pages of the queue (full pages rotate to the back), else carves more of a page, else
-//!   takes a free page: from the heap's own segments, from a segment abandoned by an exited
-//!   thread, or from a new segment from the arena.
+//! - Slow path ([`Heap::alloc_slow`]): looks in a few pages of the queue for freed blocks
+//!   (own and cross-thread) or room to carve (full pages rotate to the back), else takes a
+//!   free page: from the heap's own segments, from a segment abandoned by an exited thread,
+//!   or from a new segment from the arena.
 //! - A page that empties goes back to its segment (unless it is its class's only page), where
 //!   any size class of the same kind can take it; its memory stays resident for the purge
 //!   delay, then is released. A segment that empties goes back to the arena, but for one kept
@@ -413,12 +413,9 @@ impl Heap {
         b.cast()
     }
 
-    /// A page of `class` with a free block, moved to the front of its queue. Freed blocks
-    /// are looked for first (in a few pages), then uncarved room in a page, then a new page:
-    /// carving touches memory, reuse does not.
+    /// A page of `class` with a free block, moved to the front of its queue.
     fn find_page(&mut self, class: usize) -> Option<&'static mut Page> {
         let mut p = self.bins[class].first;
-        let mut roomy: *mut Page = ptr::null_mut();
         for _ in 0..SEARCH_LIMIT {
             if p.is_null() {
                 break;
@@ -426,25 +423,14 @@ impl Heap {
             // SAFETY: pages in our queues are live descriptors of segments we own.
             let page = unsafe { &mut *p };
             let next = page.next;
-            if page.collect() {
+            if page.collect() || page.extend() {
                 self.bins[class].move_front(page);
                 return Some(page);
             }
-            if roomy.is_null() && page.capacity < page.reserved {
-                roomy = page;
-            } else {
-                self.bins[class].move_back(page);
-            }
+            self.bins[class].move_back(page);
             p = next;
         }
-        let page = if roomy.is_null() {
-            self.fresh_page(class)?
-        } else {
-            // SAFETY: as above.
-            let page = unsafe { &mut *roomy };
-            self.bins[class].move_front(page);
-            page
-        };
+        let page = self.fresh_page(class)?;
         page.extend();
         Some(page)
     }
