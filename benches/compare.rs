@@ -195,7 +195,13 @@ fn build_library(root: &Path, target: &Path) -> PathBuf {
 fn compile_c(root: &Path, out: &Path, name: &str) -> PathBuf {
     let src = root.join("benches/workloads").join(format!("{name}.c"));
     let bin = out.join("bin").join(name);
-    let fresh = fs::metadata(&bin).and_then(|b| Ok(b.modified()? >= fs::metadata(&src)?.modified()?)).unwrap_or(false);
+    // Rebuild when the program or the header the workloads share is newer than the binary.
+    let header = root.join("benches/workloads/workload.h");
+    let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fresh = match (modified(&bin), modified(&src), modified(&header)) {
+        (Some(b), Some(s), Some(h)) => b >= s && b >= h,
+        _ => false,
+    };
     if !fresh {
         check(
             Command::new("gcc").args(["-O2", "-pthread", "-o"]).arg(&bin).arg(&src).status(),

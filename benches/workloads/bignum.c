@@ -11,18 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t rng_state;
-static uint64_t rnd(void) {
-    uint64_t x = rng_state;
-    x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
-    rng_state = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
-static uint64_t below(uint64_t n) { return rnd() % n; }
-static void fail(const char *what) {
-    fprintf(stderr, "bignum: consistency failure: %s\n", what);
-    exit(1);
-}
+#define WORKLOAD_NAME "bignum"
+#include "workload.h"
+
+static Rng rng;
 
 typedef struct {
     size_t n;     /* used limbs, no leading zeros (0 has n == 0) */
@@ -59,7 +51,7 @@ static Big *big_copy(const Big *a) {
 }
 static Big *big_rand(size_t limbs) {
     Big *b = big_alloc(limbs);
-    for (size_t i = 0; i < limbs; i++) b->d[i] = (uint32_t)rnd();
+    for (size_t i = 0; i < limbs; i++) b->d[i] = (uint32_t)rnd(&rng);
     big_norm(b);
     return b;
 }
@@ -163,14 +155,14 @@ static Big *prod_tree(uint32_t lo, uint32_t hi) {
 int main(int argc, char **argv) {
     double scale = argc > 1 ? strtod(argv[1], NULL) : 1.0;
     if (!(scale > 0)) { fprintf(stderr, "usage: %s SCALE THREADS\n", argv[0]); return 2; }
-    rng_state = 0xb16b00b5cafef00dULL;
+    rng.s = 0xb16b00b5cafef00dULL;
     uint64_t sum = 0;
 
     /* 1. Fibonacci by repeated addition, checked with F(2k) = F(k) (2 F(k+1) - F(k)) */
     long fib_rounds = (long)(16 * scale + 0.5);
     if (fib_rounds < 1) fib_rounds = 1;
     for (long fr = 0; fr < fib_rounds; fr++) {
-        uint32_t nf = 20000 + (uint32_t)below(10000);
+        uint32_t nf = 20000 + (uint32_t)below(&rng, 10000);
         nf &= ~1u;
         Big *a = big_from(0), *b = big_from(1); /* F(i), F(i+1) */
         Big *fk = NULL, *fk1 = NULL;
@@ -194,7 +186,7 @@ int main(int argc, char **argv) {
     long fact_rounds = (long)(16 * scale + 0.5);
     if (fact_rounds < 1) fact_rounds = 1;
     for (long fr = 0; fr < fact_rounds; fr++) {
-        uint32_t nfact = 3000 + (uint32_t)below(2000);
+        uint32_t nfact = 3000 + (uint32_t)below(&rng, 2000);
         Big *f = big_from(1);
         for (uint32_t k = 2; k <= nfact; k++) {
             Big *t = big_mul_small(f, k);
@@ -210,11 +202,11 @@ int main(int argc, char **argv) {
     /* 3. pool of small numbers, (a+b)(c+d) == ac + ad + bc + bd */
     enum { POOL = 512 };
     Big *pool[POOL];
-    for (int i = 0; i < POOL; i++) pool[i] = big_rand(1 + below(8));
+    for (int i = 0; i < POOL; i++) pool[i] = big_rand(1 + below(&rng, 8));
     long iters = (long)(3000000 * scale + 0.5);
     for (long it = 0; it < iters; it++) {
-        Big *a = pool[below(POOL)], *b = pool[below(POOL)];
-        Big *c = pool[below(POOL)], *d = pool[below(POOL)];
+        Big *a = pool[below(&rng, POOL)], *b = pool[below(&rng, POOL)];
+        Big *c = pool[below(&rng, POOL)], *d = pool[below(&rng, POOL)];
         Big *ab = big_add(a, b), *cd = big_add(c, d);
         Big *lhs = big_mul(ab, cd);
         Big *ac = big_mul(a, c), *ad = big_mul(a, d), *bc = big_mul(b, c), *bd = big_mul(b, d);
@@ -223,10 +215,10 @@ int main(int argc, char **argv) {
         if (big_cmp(lhs, rhs) != 0) fail("distributive law");
         sum += big_hash(lhs);
         /* replace a random pool entry: with a fresh small number, or a trimmed result */
-        size_t slot = below(POOL);
+        size_t slot = below(&rng, POOL);
         big_free(pool[slot]);
-        if (lhs->n > 12 || below(2)) {
-            pool[slot] = big_rand(1 + below(8));
+        if (lhs->n > 12 || below(&rng, 2)) {
+            pool[slot] = big_rand(1 + below(&rng, 8));
         } else {
             pool[slot] = big_copy(lhs);
         }
@@ -240,7 +232,7 @@ int main(int argc, char **argv) {
     long e_rounds = (long)(16 * scale + 0.5);
     if (e_rounds < 1) e_rounds = 1;
     for (long er = 0; er < e_rounds; er++) {
-        size_t prec = 600 + below(200);
+        size_t prec = 600 + below(&rng, 200);
         Big *term = big_alloc(prec + 1); /* 1.0 */
         memset(term->d, 0, (prec + 1) * sizeof(uint32_t));
         term->d[prec] = 1;

@@ -16,28 +16,14 @@
 #include <string.h>
 #include <unistd.h>
 
-static uint64_t rng_state;
-static uint64_t rnd(void) {
-    uint64_t x = rng_state;
-    x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
-    rng_state = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
-static uint64_t below(uint64_t n) { return rnd() % n; }
-static uint64_t mix(uint64_t z) {
-    z += 0x9E3779B97F4A7C15ULL;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-static void fail(const char *what) {
-    fprintf(stderr, "fragmentation: consistency failure: %s\n", what);
-    exit(1);
-}
+#define WORKLOAD_NAME "fragmentation"
+#include "workload.h"
+
+static Rng rng;
 
 /* block: u32 size, u32 tag, bytes (tag & 0xff), last byte (tag >> 8) */
 static uint8_t *make(size_t size) {
-    uint32_t tag = (uint32_t)rnd();
+    uint32_t tag = (uint32_t)rnd(&rng);
     uint8_t *p = malloc(size);
     if (!p) fail("malloc");
     uint32_t sz32 = (uint32_t)size;
@@ -62,13 +48,13 @@ static uint64_t retire(uint8_t **slot) {
     return mix(((uint64_t)tag << 32) | size);
 }
 static size_t small_or_page(void) {
-    return below(50) == 0 ? 1024 + below(7 * 1024 + 1) : 16 + below(256 - 16 + 1);
+    return below(&rng, 50) == 0 ? 1024 + below(&rng, 7 * 1024 + 1) : 16 + below(&rng, 256 - 16 + 1);
 }
 
 int main(int argc, char **argv) {
     double scale = argc > 1 ? strtod(argv[1], NULL) : 1.0;
     if (!(scale > 0)) { fprintf(stderr, "usage: %s SCALE THREADS\n", argv[0]); return 2; }
-    rng_state = 0xf4a6u * 0x9E3779B97F4A7C15ULL;
+    rng.s = 0xf4a6u * 0x9E3779B97F4A7C15ULL;
     size_t n = (size_t)(1000000 * scale + 0.5);
     if (n < 1024) n = 1024;
     enum { ROUNDS = 2 };
@@ -80,10 +66,10 @@ int main(int argc, char **argv) {
     for (int round = 0; round < ROUNDS; round++) {
         for (size_t i = 0; i < n; i++) slot[i] = make(small_or_page());
         for (size_t i = 1; i < n; i += 2) sum += retire(&slot[i]);
-        for (size_t i = 1; i < n; i += 2) slot[i] = make(300 + below(701));
+        for (size_t i = 1; i < n; i += 2) slot[i] = make(300 + below(&rng, 701));
         for (size_t i = 0; i < n; i++)
             if (i % 4 < 2) sum += retire(&slot[i]);
-        for (size_t i = 0; i < n; i += 4) slot[i] = make(16 + below(49));
+        for (size_t i = 0; i < n; i += 4) slot[i] = make(16 + below(&rng, 49));
         for (size_t i = 0; i < n; i++) {
             if (!slot[i]) continue;
             if (i % 16 == 3 || i % 16 == 14) kept[nkept++] = slot[i], slot[i] = NULL;

@@ -7,20 +7,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#define WORKLOAD_NAME "large_churn"
+#include "workload.h"
+
+static Rng rng;
+
 #define PAGE 4096
 enum { LIVE = 8 };
-static uint64_t rng_state;
-static uint64_t rnd(void) {
-    uint64_t x = rng_state;
-    x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
-    rng_state = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
-static uint64_t below(uint64_t n) { return rnd() % n; }
-static void fail(const char *what) {
-    fprintf(stderr, "large_churn: consistency failure: %s\n", what);
-    exit(1);
-}
 static inline uint8_t pbyte(uint64_t seed, size_t page) {
     uint64_t z = (seed ^ (page * 0x9E3779B97F4A7C15ULL)) * 0xBF58476D1CE4E5B9ULL;
     return (uint8_t)(z >> 56);
@@ -33,9 +26,9 @@ typedef struct {
 } Blk;
 
 static void blk_new(Blk *b) {
-    unsigned e = 18 + (unsigned)below(7); /* 2^18 .. 2^25 */
-    b->size = ((size_t)1 << e) + (size_t)below((uint64_t)1 << e);
-    b->seed = rnd();
+    unsigned e = 18 + (unsigned)below(&rng, 7); /* 2^18 .. 2^25 */
+    b->size = ((size_t)1 << e) + (size_t)below(&rng, (uint64_t)1 << e);
+    b->seed = rnd(&rng);
     b->p = malloc(b->size);
     if (!b->p) fail("malloc");
     for (size_t off = 0, pg = 0; off < b->size; off += PAGE, pg++) b->p[off] = pbyte(b->seed, pg);
@@ -56,13 +49,13 @@ static uint64_t blk_free(Blk *b) {
 int main(int argc, char **argv) {
     double scale = argc > 1 ? strtod(argv[1], NULL) : 1.0;
     if (!(scale > 0)) { fprintf(stderr, "usage: %s SCALE THREADS\n", argv[0]); return 2; }
-    rng_state = 0x1a26ec4u * 0x9E3779B97F4A7C15ULL;
+    rng.s = 0x1a26ec4u * 0x9E3779B97F4A7C15ULL;
     long steps = (long)(2000 * scale + 0.5);
     Blk live[LIVE];
     for (int i = 0; i < LIVE; i++) blk_new(&live[i]);
     uint64_t sum = 0;
     for (long st = 0; st < steps; st++) {
-        Blk *b = &live[below(LIVE)];
+        Blk *b = &live[below(&rng, LIVE)];
         sum = sum * 31 + blk_free(b);
         blk_new(b);
     }

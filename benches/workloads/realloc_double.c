@@ -9,11 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#define WORKLOAD_NAME "realloc_double"
+#include "workload.h"
+
 #define PAGE 4096
-static void fail(const char *what) {
-    fprintf(stderr, "realloc_double: consistency failure: %s\n", what);
-    exit(1);
-}
 static inline uint8_t pbyte(uint64_t seed, size_t page) {
     uint64_t z = (seed ^ (page * 0x9E3779B97F4A7C15ULL)) * 0xBF58476D1CE4E5B9ULL;
     return (uint8_t)(z >> 56);

@@ -9,18 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t rng_state;
-static uint64_t rnd(void) {
-    uint64_t x = rng_state;
-    x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
-    rng_state = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
-static uint64_t below(uint64_t n) { return rnd() % n; }
-static void fail(const char *what) {
-    fprintf(stderr, "realloc_strings: consistency failure: %s\n", what);
-    exit(1);
-}
+#define WORKLOAD_NAME "realloc_strings"
+#include "workload.h"
+
+static Rng rng;
 
 /* byte j of a string with seed s */
 static inline char sbyte(uint64_t s, size_t j) {
@@ -58,9 +50,9 @@ static uint64_t str_retire(Str *s) {
     }
     s->p = NULL;
     s->len = 0;
-    s->seed = rnd();
+    s->seed = rnd(&rng);
     /* most strings stay short, a few grow long */
-    s->limit = below(16) ? 16 + below(256) : 256 + below(16384);
+    s->limit = below(&rng, 16) ? 16 + below(&rng, 256) : 256 + below(&rng, 16384);
     return h;
 }
 static uint64_t vec_retire(Vec *v) {
@@ -73,17 +65,17 @@ static uint64_t vec_retire(Vec *v) {
     }
     v->p = NULL;
     v->len = v->cap = 0;
-    v->seed = rnd();
-    v->growth = below(2) ? 2 : 3;
-    unsigned e = 4 + (unsigned)below(16); /* up to ~1M ints (4 MiB) */
-    v->limit = ((size_t)1 << e) + below((uint64_t)1 << e);
+    v->seed = rnd(&rng);
+    v->growth = below(&rng, 2) ? 2 : 3;
+    unsigned e = 4 + (unsigned)below(&rng, 16); /* up to ~1M ints (4 MiB) */
+    v->limit = ((size_t)1 << e) + below(&rng, (uint64_t)1 << e);
     return h;
 }
 
 int main(int argc, char **argv) {
     double scale = argc > 1 ? strtod(argv[1], NULL) : 1.0;
     if (!(scale > 0)) { fprintf(stderr, "usage: %s SCALE THREADS\n", argv[0]); return 2; }
-    rng_state = 0x5771265ULL * 0x9E3779B97F4A7C15ULL;
+    rng.s = 0x5771265ULL * 0x9E3779B97F4A7C15ULL;
     Str *strs = calloc(NS, sizeof *strs);
     Vec *vecs = calloc(NV, sizeof *vecs);
     if (!strs || !vecs) fail("calloc");
@@ -93,10 +85,10 @@ int main(int argc, char **argv) {
 
     long steps = (long)(15000000 * scale + 0.5);
     for (long st = 0; st < steps; st++) {
-        if (below(8) != 0) {
+        if (below(&rng, 8) != 0) {
             /* append 1..8 bytes to a string */
-            Str *s = &strs[below(NS)];
-            size_t add = 1 + below(8);
+            Str *s = &strs[below(&rng, NS)];
+            size_t add = 1 + below(&rng, 8);
             char *np = realloc(s->p, s->len + add + 1);
             if (!np) fail("realloc");
             if (s->p && np[0] != sbyte(s->seed, 0)) fail("realloc lost string prefix");
@@ -107,8 +99,8 @@ int main(int argc, char **argv) {
             if (s->len >= s->limit) fold(&sum, str_retire(s));
         } else {
             /* push 1..16 ints to a vector */
-            Vec *v = &vecs[below(NV)];
-            size_t add = 1 + below(16);
+            Vec *v = &vecs[below(&rng, NV)];
+            size_t add = 1 + below(&rng, 16);
             for (size_t j = 0; j < add; j++) {
                 if (v->len == v->cap) {
                     size_t nc = v->cap < 4 ? 4 : (v->growth == 2 ? v->cap * 2 : v->cap + v->cap / 2);

@@ -14,28 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct { uint64_t s; } Rng;
-static uint64_t rnd(Rng *r) {
-    uint64_t x = r->s;
-    x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
-    r->s = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
-static uint64_t below(Rng *r, uint64_t n) { return rnd(r) % n; }
-static uint64_t mix(uint64_t z) {
-    z += 0x9E3779B97F4A7C15ULL;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
+#define WORKLOAD_NAME "server"
+#include "workload.h"
+
 /* log-uniform in [2^lo, 2^hi) */
 static size_t log_size(Rng *r, unsigned lo, unsigned hi) {
     unsigned e = lo + (unsigned)below(r, hi - lo);
     return ((size_t)1 << e) + (size_t)below(r, (uint64_t)1 << e);
-}
-static void fail(const char *what) {
-    fprintf(stderr, "server: consistency failure: %s\n", what);
-    exit(1);
 }
 
 /* block layout: u32 size, u32 tag, then bytes (tag & 0xff), last byte (tag >> 8) */

@@ -9,23 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t rng_state;
-static uint64_t rnd(void) {
-    uint64_t x = rng_state;
-    x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
-    rng_state = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
-static uint64_t below(uint64_t n) { return rnd() % n; }
-static uint64_t mix(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-static void fail(const char *what) {
-    fprintf(stderr, "tree_churn: consistency failure: %s\n", what);
-    exit(1);
-}
+#define WORKLOAD_NAME "tree_churn"
+#include "workload.h"
+
+static Rng rng;
 
 typedef struct TNode {
     struct TNode *l, *r;
@@ -56,7 +43,7 @@ static uint64_t check(const uint8_t *p, uint32_t len, uint64_t key) {
 }
 
 static TNode *tnode_new(uint64_t key) {
-    size_t total = 32 + below(512 - 32 + 1); /* 32..512 */
+    size_t total = 32 + below(&rng, 512 - 32 + 1); /* 32..512 */
     uint32_t len = (uint32_t)(total - offsetof(TNode, pay));
     TNode *n = malloc(total);
     if (!n) fail("malloc");
@@ -68,7 +55,7 @@ static TNode *tnode_new(uint64_t key) {
 }
 
 static LNode *lnode_new(uint32_t key) {
-    size_t total = 16 + below(512 - 16 + 1); /* 16..512 */
+    size_t total = 16 + below(&rng, 512 - 16 + 1); /* 16..512 */
     uint32_t len = (uint32_t)(total - offsetof(LNode, pay));
     LNode *n = malloc(total);
     if (!n) fail("malloc");
@@ -119,7 +106,7 @@ int main(int argc, char **argv) {
     if (!(scale > 0)) { fprintf(stderr, "usage: %s SCALE THREADS\n", argv[0]); return 2; }
     long rounds = (long)(500 * scale + 0.5);
     if (rounds < 1) rounds = 1;
-    rng_state = 0x7ee5eed1234567ULL;
+    rng.s = 0x7ee5eed1234567ULL;
 
     const size_t maxn = 12000;
     uint64_t *keys = malloc(maxn * sizeof *keys);
@@ -128,14 +115,14 @@ int main(int argc, char **argv) {
     uint64_t sum = 0;
 
     for (long r = 0; r < rounds; r++) {
-        size_t n = 2000 + below(maxn - 2000);
+        size_t n = 2000 + below(&rng, maxn - 2000);
         TNode *root = NULL;
         LNode *head = NULL, *tail = NULL;
         size_t tcount = 0, lcount = 0;
         uint32_t lnext = 0, lfirst = 0; /* list keys are consecutive */
         /* build the tree and, interleaved, a queue-like list */
         for (size_t i = 0; i < n; i++) {
-            uint64_t key = mix(rnd());
+            uint64_t key = mix_finish(rnd(&rng));
             if (tree_insert(&root, key)) keys[tcount++] = key;
             for (int j = 0; j < 3; j++) {
                 LNode *ln = lnode_new(lnext++);
@@ -143,7 +130,7 @@ int main(int argc, char **argv) {
                 tail = ln;
                 lcount++;
             }
-            while (head && below(5) < 3) { /* pop from the front */
+            while (head && below(&rng, 5) < 3) { /* pop from the front */
                 LNode *f = head;
                 if (f->key != lfirst) fail("list order");
                 head = f->next;
@@ -156,20 +143,20 @@ int main(int argc, char **argv) {
         }
         /* lookups: hits and misses, with some deletions and re-insertions */
         for (size_t i = 0; i < n; i++) {
-            uint64_t k = below(3);
+            uint64_t k = below(&rng, 3);
             if (k == 0) {
-                size_t idx = below(tcount);
+                size_t idx = below(&rng, tcount);
                 TNode *f = tree_find(root, keys[idx]);
                 if (keys[idx] != 0 && !f) fail("lookup missed a present key");
                 if (f) sum += check(f->pay, f->len, f->key);
             } else if (k == 1) {
-                if (tree_find(root, mix(rnd()) | 1) != NULL) sum += 1;
+                if (tree_find(root, mix_finish(rnd(&rng)) | 1) != NULL) sum += 1;
             } else {
-                size_t idx = below(tcount);
+                size_t idx = below(&rng, tcount);
                 if (keys[idx] != 0) {
                     if (!tree_delete(&root, keys[idx], &sum)) fail("delete missed");
-                    keys[idx] = 0; /* 0 marks deleted (mix() of random is ~never 0) */
-                    uint64_t nk = mix(rnd()) | 2;
+                    keys[idx] = 0; /* 0 marks deleted (mix_finish() of random is ~never 0) */
+                    uint64_t nk = mix_finish(rnd(&rng)) | 2;
                     if (tree_insert(&root, nk)) keys[idx] = nk;
                 }
             }
