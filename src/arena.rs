@@ -30,6 +30,9 @@ struct Span {
     /// Pages may be resident (not zeroed); `since` is when it was freed (ms).
     dirty: bool,
     since: u64,
+    /// A release of this dirty span failed at `since` (locked memory): it is tried again
+    /// only once the purge delay has passed since.
+    failed: bool,
 }
 
 impl Span {
@@ -38,7 +41,7 @@ impl Span {
     }
 }
 
-const NO_SPAN: Span = Span { start: 0, segs: 0, dirty: false, since: 0 };
+const NO_SPAN: Span = Span { start: 0, segs: 0, dirty: false, since: 0, failed: false };
 
 /// Most free spans tracked; beyond it a freed span is purged at once and its address range
 /// is not reused (not seen in practice: spans coalesce).
@@ -100,7 +103,7 @@ pub fn alloc_segments(n: usize, resident_first: bool) -> Option<Segments> {
         // No free run fits: fresh memory will be faulted in, so release as much resident
         // memory (the oldest freed) in exchange, keeping RSS level; released spans may join
         // into a fit.
-        a.purge_bytes(bytes);
+        a.purge_bytes(bytes, now);
         if let Some((p, fresh)) = a.take_first_fit(n, resident_first) {
             return Some(Segments { base: p as *mut u8, from_mmap: false, zeroed: fresh == n });
         }
@@ -128,9 +131,10 @@ pub unsafe fn free_segments(base: *mut u8, n: usize, from_mmap: bool) {
     }
     let mut a = ARENA.lock();
     let now = os::now_ms();
-    let span = Span { start: base as usize, segs: n, dirty: true, since: now };
+    let span = Span { start: base as usize, segs: n, dirty: true, since: now, failed: false };
     if !a.insert(span) {
-        // Untracked: release its memory; the address range stays unused.
+        // Untracked: release its memory; the address range stays unused (if the release
+        // fails, it stays resident, but nothing will ever read it as zero).
         // SAFETY: per the contract, the range is ours and dead.
         unsafe { os::madvise_free(base, len) };
         return;
@@ -156,8 +160,9 @@ pub fn purge_if_due() {
 /// `pad` bytes. Returns true if memory was returned.
 pub fn trim(pad: usize) -> bool {
     let mut a = ARENA.lock();
-    let purged = a.purge(os::now_ms(), true);
-    a.trim_top(0, pad).is_some() || purged
+    let now = os::now_ms();
+    let purged = a.purge(now, true);
+    a.trim_top(0, pad, now, true).is_some() || purged
 }
 
 /// The address range of the current brk run (for tests and diagnostics).
@@ -259,33 +264,59 @@ impl Arena {
         self.held += got;
         stats::add_brk_bytes((self.top - cur) as isize);
         if got > n {
-            self.insert(Span { start: start + (n << SEGMENT_SHIFT), segs: got - n, dirty: false, since: 0 });
+            self.insert(Span {
+                start: start + (n << SEGMENT_SHIFT),
+                segs: got - n,
+                dirty: false,
+                since: 0,
+                failed: false,
+            });
         }
         Some(start)
     }
 
     /// Purges the oldest dirty spans until at least `bytes` were released (or none is left).
-    fn purge_bytes(&mut self, bytes: usize) {
+    fn purge_bytes(&mut self, bytes: usize, now: u64) {
         let target = self.dirty_bytes.saturating_sub(bytes);
-        while self.dirty_bytes > target {
-            let Some(i) = self.oldest_dirty() else { break };
-            self.purge_span(i);
+        // Each span is tried at most once (a failed one is not retried here).
+        for _ in 0..self.nspans {
+            if self.dirty_bytes <= target {
+                break;
+            }
+            let Some(i) = self.oldest_purgeable(now) else { break };
+            self.purge_span(i, now);
         }
-        self.trim_top(options::get(Opt::TrimThreshold), options::get(Opt::TopPad));
+        self.trim_top(options::get(Opt::TrimThreshold), options::get(Opt::TopPad), now, false);
     }
 
-    fn oldest_dirty(&self) -> Option<usize> {
-        (0..self.nspans).filter(|&i| self.spans[i].dirty).min_by_key(|&i| self.spans[i].since)
+    /// The dirty span freed longest ago, leaving out those whose release failed less than a
+    /// purge delay before `now`.
+    fn oldest_purgeable(&self, now: u64) -> Option<usize> {
+        (0..self.nspans)
+            .filter(|&i| self.spans[i].dirty && (!self.spans[i].failed || Self::is_due(&self.spans[i], now)))
+            .min_by_key(|&i| self.spans[i].since)
     }
 
-    /// Releases the memory of dirty span `i`, which becomes clean.
-    fn purge_span(&mut self, i: usize) {
+    /// Whether span `s` has waited out the purge delay at `now`.
+    fn is_due(s: &Span, now: u64) -> bool {
+        s.since.saturating_add(options::get(Opt::PurgeDelay) as u64) <= now
+    }
+
+    /// Releases the memory of dirty span `i`, which becomes clean. If the kernel refuses
+    /// (locked memory), the span stays dirty — its pages keep their old contents, so it is
+    /// never handed out as zeroed — and is tried again a purge delay from `now`.
+    fn purge_span(&mut self, i: usize, now: u64) -> bool {
         let s = self.spans[i];
         // SAFETY: a free span holds no live block.
-        unsafe { os::madvise_free(s.start as *mut u8, s.segs << SEGMENT_SHIFT) };
+        if !unsafe { os::madvise_free(s.start as *mut u8, s.segs << SEGMENT_SHIFT) } {
+            self.spans[i].since = now;
+            self.spans[i].failed = true;
+            return false;
+        }
         self.dirty_bytes -= s.segs << SEGMENT_SHIFT;
         self.remove(i);
-        self.insert(Span { dirty: false, since: 0, ..s });
+        self.insert(Span { dirty: false, since: 0, failed: false, ..s });
+        true
     }
 
     /// Purges dirty spans freed more than the purge delay ago (all of them with `all`, and
@@ -294,29 +325,34 @@ impl Arena {
     fn purge(&mut self, now: u64, all: bool) -> bool {
         let delay = options::get(Opt::PurgeDelay) as u64;
         let cap = options::get(Opt::DirtyMax);
-        let mut purged = false;
-        while let Some(i) = self.oldest_dirty() {
-            if !(all || self.spans[i].since + delay <= now || self.dirty_bytes > cap) {
+        let (threshold, pad) = (options::get(Opt::TrimThreshold), options::get(Opt::TopPad));
+        // A due span at the top of the break goes back by lowering the break, which needs no
+        // madvise (and works on locked memory too).
+        let mut purged = self.trim_top(threshold, pad, now, all).is_some();
+        // Each span is tried at most once: a failed release is retried a delay later.
+        for _ in 0..self.nspans {
+            let Some(i) = self.oldest_purgeable(now) else { break };
+            if !(all || Self::is_due(&self.spans[i], now) || self.dirty_bytes > cap) {
                 break;
             }
-            self.purge_span(i);
-            purged = true;
+            purged |= self.purge_span(i, now);
         }
         let next = (0..self.nspans).filter(|&i| self.spans[i].dirty).map(|i| self.spans[i].since + delay).min();
         PURGE_DUE.store(next.map_or(0, |t| t.max(1)), Ordering::Relaxed);
-        self.trim_top(options::get(Opt::TrimThreshold), options::get(Opt::TopPad));
+        purged |= self.trim_top(threshold, pad, now, all).is_some();
         purged
     }
 
-    /// Lowers the break over the clean free span at the top of the current run when it
-    /// exceeds `threshold` bytes, keeping `pad` bytes. Returns the new top if the break went
-    /// down.
-    fn trim_top(&mut self, threshold: usize, pad: usize) -> Option<usize> {
+    /// Lowers the break over the free span at the top of the current run (clean, or dirty
+    /// and due at `now`, or any with `all`) when it exceeds `threshold` bytes, keeping `pad`
+    /// bytes. Returns the new top if the break went down.
+    fn trim_top(&mut self, threshold: usize, pad: usize, now: u64, all: bool) -> Option<usize> {
         if self.nspans == 0 || self.top == 0 {
             return None;
         }
         let last = self.spans[self.nspans - 1];
-        if last.dirty || last.end() != self.top || last.segs << SEGMENT_SHIFT <= threshold {
+        let releasable = !last.dirty || all || Self::is_due(&last, now);
+        if !releasable || last.end() != self.top || last.segs << SEGMENT_SHIFT <= threshold {
             return None;
         }
         // Never lower the break under somebody else's memory.
@@ -337,6 +373,9 @@ impl Arena {
             return None;
         }
         stats::add_brk_bytes(-((self.top - target) as isize));
+        if last.dirty {
+            self.dirty_bytes -= release << SEGMENT_SHIFT;
+        }
         self.held -= release;
         self.top = if run_gone { 0 } else { new_top };
         let i = self.nspans - 1;
@@ -360,18 +399,21 @@ impl Arena {
                 let p = &mut self.spans[i - 1];
                 p.segs += s.segs + next.segs;
                 p.since = p.since.max(s.since).max(next.since);
+                p.failed |= s.failed | next.failed;
                 self.remove(i);
             }
             (true, false) => {
                 let p = &mut self.spans[i - 1];
                 p.segs += s.segs;
                 p.since = p.since.max(s.since);
+                p.failed |= s.failed;
             }
             (false, true) => {
                 let n = &mut self.spans[i];
                 n.start = s.start;
                 n.segs += s.segs;
                 n.since = n.since.max(s.since);
+                n.failed |= s.failed;
             }
             (false, false) => {
                 if self.nspans == MAX_SPANS {

@@ -26,7 +26,7 @@ use crate::list::{List, Node};
 use crate::lock::Lock;
 use crate::options::{self, Opt};
 use crate::os;
-use crate::page::{Block, FREE_IS_ZERO, HAS_ALIGNED, Page};
+use crate::page::{Block, Page};
 use crate::segment::{self, Kind, PAGED_KINDS, SEGMENT_SHIFT, Segment};
 use crate::size_class::{NCLASSES, class_size};
 use crate::stats::{self, LocalInUse};
@@ -50,24 +50,26 @@ pub type PageQueue = List<Page>;
 /// Segments of one kind; those with free pages come first.
 type SegQueue = List<Segment>;
 
-/// A thread's heap: the owner's private state, touched only by the owning thread.
+/// A thread's heap: the owner's private state, touched only by the owning thread (other
+/// threads read `in_use`, `segs` and `next_all`, so the heap is only reached through shared
+/// references and the owner's fields are `Cell`s).
 #[repr(C)]
 pub struct Heap {
     /// Queues of pages, one per size class (hot: first in the struct).
     pub bins: [PageQueue; NCLASSES],
     /// The owning thread's `os::thread_id`.
-    pub thread_id: usize,
+    pub thread_id: Cell<usize>,
     /// Bytes handed out minus bytes given back, not yet flushed to the global figure.
     pub in_use: LocalInUse,
     /// The segments this heap owns; a separate object so `trim` can reach it from any thread.
     segs: *const Lock<HeapSegs>,
     /// When the free pages of partly used segments are to be released (ms), 0 when none is
     /// pending.
-    pages_purge_at: u64,
+    pages_purge_at: Cell<u64>,
     /// Next heap ever created (for merging counters and trimming); never changes once set.
     next_all: AtomicPtr<Heap>,
     /// Next heap in the pool of recycled heaps.
-    next_free: *mut Heap,
+    next_free: Cell<*mut Heap>,
 }
 
 /// The segments a heap owns. The owner changes them on slow paths and `trim` releases their
@@ -100,10 +102,10 @@ const DEAD: *mut Heap = ptr::dangling_mut::<Heap>();
 
 /// The calling thread's heap, if it has a live one.
 #[inline(always)]
-pub fn current() -> Option<&'static mut Heap> {
+pub fn current() -> Option<&'static Heap> {
     let h = HEAP.get();
-    // SAFETY: a TLS value above DEAD is this thread's heap, used only by this thread.
-    if (h as usize) > DEAD as usize { Some(unsafe { &mut *h }) } else { None }
+    // SAFETY: a TLS value above DEAD is this thread's heap, which lives forever.
+    if (h as usize) > DEAD as usize { Some(unsafe { &*h }) } else { None }
 }
 
 // ---- global state ----
@@ -180,29 +182,29 @@ fn init_slow() {
 /// The calling thread's heap, creating it on first use; None if the thread has exited (its
 /// allocations then use the backup heap).
 #[cold]
-fn current_or_create() -> Option<&'static mut Heap> {
+fn current_or_create() -> Option<&'static Heap> {
     let h = HEAP.get();
     if h == DEAD {
         return None;
     }
     if !h.is_null() {
         // SAFETY: see `current`.
-        return Some(unsafe { &mut *h });
+        return Some(unsafe { &*h });
     }
     ensure_init();
     let heap = META.lock().new_heap()?;
-    heap.thread_id = os::thread_id();
-    HEAP.set(heap);
+    heap.thread_id.set(os::thread_id());
+    HEAP.set(heap as *const Heap as *mut Heap);
     // SAFETY: the key was created in ensure_init; glibc stores values of low keys without
     // allocating (and if it did, the TLS slot is already set, so the call would succeed).
-    unsafe { libc::pthread_setspecific(KEY.load(Ordering::Relaxed), (heap as *mut Heap).cast()) };
+    unsafe { libc::pthread_setspecific(KEY.load(Ordering::Relaxed), (heap as *const Heap).cast()) };
     Some(heap)
 }
 
 /// Runs `f` on the calling thread's heap, or on the backup heap (under its lock) for a thread
 /// that has exited or could not get a heap. None if no heap could be had at all.
 #[inline]
-pub fn with_heap<R>(f: impl FnOnce(&mut Heap) -> R) -> Option<R> {
+pub fn with_heap<R>(f: impl FnOnce(&Heap) -> R) -> Option<R> {
     if let Some(h) = current() {
         return Some(f(h));
     }
@@ -210,27 +212,27 @@ pub fn with_heap<R>(f: impl FnOnce(&mut Heap) -> R) -> Option<R> {
 }
 
 #[cold]
-fn with_heap_slow<R>(f: impl FnOnce(&mut Heap) -> R) -> Option<R> {
+fn with_heap_slow<R>(f: impl FnOnce(&Heap) -> R) -> Option<R> {
     if let Some(h) = current_or_create() {
         return Some(f(h));
     }
     let mut b = BACKUP.lock();
     if b.0.is_null() {
         let h = META.lock().new_heap()?;
-        h.thread_id = BACKUP_TID;
-        b.0 = h;
+        h.thread_id.set(BACKUP_TID);
+        b.0 = h as *const Heap as *mut Heap;
     }
     // SAFETY: the backup heap is only used under this lock.
-    Some(f(unsafe { &mut *b.0 }))
+    Some(f(unsafe { &*b.0 }))
 }
 
 impl Meta {
     /// A clean heap from the pool or from a new chunk of memory from `os`.
-    fn new_heap(&mut self) -> Option<&'static mut Heap> {
+    fn new_heap(&mut self) -> Option<&'static Heap> {
         let h = if !self.pool.is_null() {
             let h = self.pool;
             // SAFETY: pooled heaps are valid, unused heaps.
-            self.pool = unsafe { (*h).next_free };
+            self.pool = unsafe { (*h).next_free.get() };
             h
         } else {
             let size = size_of::<HeapBox>().next_multiple_of(64);
@@ -250,7 +252,7 @@ impl Meta {
             // SAFETY: the box is ours until published; zeroed memory is a valid unlocked lock.
             let h = unsafe {
                 ptr::addr_of_mut!((*b).segs).write(Lock::new(HeapSegs {
-                    queues: [SegQueue::new(); PAGED_KINDS],
+                    queues: [const { SegQueue::new() }; PAGED_KINDS],
                     empty: [0; PAGED_KINDS],
                     dirty_pages: 0,
                 }));
@@ -269,10 +271,10 @@ impl Meta {
             }
             h
         };
-        // SAFETY: `h` is an unused heap that only we can see.
-        let heap = unsafe { &mut *h };
-        heap.bins = [PageQueue::new(); NCLASSES];
-        heap.pages_purge_at = 0;
+        // SAFETY: `h` is an unused heap that only we use.
+        let heap = unsafe { &*h };
+        heap.clear_bins();
+        heap.pages_purge_at.set(0);
         Some(heap)
     }
 }
@@ -285,7 +287,7 @@ extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
     unsafe { (*heap).abandon() };
     let mut m = META.lock();
     // SAFETY: the heap is empty and unreachable; the pool takes it.
-    unsafe { (*heap).next_free = m.pool };
+    unsafe { (*heap).next_free.set(m.pool) };
     m.pool = heap;
 }
 
@@ -337,12 +339,12 @@ extern "C" fn fork_child() {
 /// needing pages adopts them) — new threads of the child may get a dead thread's id, and
 /// must not find its segments owned by them.
 fn abandon_other_heaps() {
-    let me = current().map_or(ptr::null_mut(), |h| h as *mut Heap);
+    let me = current().map_or(ptr::null_mut(), |h| h as *const Heap as *mut Heap);
     for_each_heap(|h| {
         // SAFETY: in the child no other thread exists, so heaps other than ours are unused.
-        let heap = unsafe { &mut *h };
-        if h != me && heap.thread_id != BACKUP_TID {
-            heap.bins = [PageQueue::new(); NCLASSES];
+        let heap = unsafe { &*h };
+        if h != me && heap.thread_id.get() != BACKUP_TID {
+            heap.clear_bins();
             heap.segs().lock().abandon_all();
         }
     });
@@ -371,11 +373,18 @@ impl Heap {
         unsafe { &*self.segs }
     }
 
+    /// Forgets every page queue (their pages are accounted for elsewhere).
+    fn clear_bins(&self) {
+        for q in &self.bins {
+            q.clear();
+        }
+    }
+
     /// Slow path of small allocation: finds a page of `class` with a free block and pops it.
     /// With `zero` the block reads as zeros. Null when out of memory.
     #[cold]
     #[inline(never)]
-    pub fn alloc_slow(&mut self, class: usize, zero: bool) -> *mut u8 {
+    pub fn alloc_slow(&self, class: usize, zero: bool) -> *mut u8 {
         self.in_use.flush();
         self.purge_pages_if_due();
         arena::purge_if_due();
@@ -386,27 +395,39 @@ impl Heap {
 
     /// Releases the free pages of our partly used segments once they have been free for the
     /// purge delay, so RSS follows the live set.
-    fn purge_pages_if_due(&mut self) {
-        if self.pages_purge_at != 0 && os::now_ms() >= self.pages_purge_at {
-            self.pages_purge_at = 0;
-            self.segs().lock().release_all_free_pages();
+    fn purge_pages_if_due(&self) {
+        let at = self.pages_purge_at.get();
+        if at != 0 && os::now_ms() >= at {
+            self.pages_purge_at.set(0);
+            if !self.segs().lock().release_all_free_pages() {
+                // Some release failed (the memory is locked): try again after another delay.
+                self.schedule_page_purge();
+            }
+        }
+    }
+
+    /// Makes sure the free pages of our segments are released within the purge delay.
+    fn schedule_page_purge(&self) {
+        if self.pages_purge_at.get() == 0 {
+            self.pages_purge_at.set(os::now_ms() + options::get(Opt::PurgeDelay) as u64);
         }
     }
 
     /// Pops a block from `page` (which has one) and zeroes it if asked.
     #[inline(always)]
-    pub fn pop_from(&mut self, page: &mut Page, zero: bool) -> *mut u8 {
-        let is_zero = page.flags & FREE_IS_ZERO != 0;
+    pub fn pop_from(&self, page: &Page, zero: bool) -> *mut u8 {
+        let is_zero = page.free_is_zero();
         let b = page.pop();
         debug_assert!(!b.is_null());
-        self.in_use.add(page.block_size as isize);
+        self.in_use.add(page.block_size() as isize);
         if zero {
-            // SAFETY: `b` is a block of `block_size` bytes we just took.
+            // SAFETY: `b` is a block of `block_size` bytes we just took; `pop` cleared its
+            // second word.
             unsafe {
                 if is_zero {
                     (*b).next = ptr::null_mut();
                 } else {
-                    ptr::write_bytes(b.cast::<u8>(), 0, page.block_size);
+                    ptr::write_bytes(b.cast::<u8>(), 0, page.block_size());
                 }
             }
         }
@@ -414,20 +435,21 @@ impl Heap {
     }
 
     /// A page of `class` with a free block, moved to the front of its queue.
-    fn find_page(&mut self, class: usize) -> Option<&'static mut Page> {
-        let mut p = self.bins[class].first;
+    fn find_page(&self, class: usize) -> Option<&'static Page> {
+        let queue = &self.bins[class];
+        let mut p = queue.first();
         for _ in 0..SEARCH_LIMIT {
             if p.is_null() {
                 break;
             }
             // SAFETY: pages in our queues are live descriptors of segments we own.
-            let page = unsafe { &mut *p };
-            let next = page.next;
+            let page = unsafe { &*p };
+            let next = page.next.get();
             if page.collect() || page.extend() {
-                self.bins[class].move_front(page);
+                queue.move_front(page);
                 return Some(page);
             }
-            self.bins[class].move_back(page);
+            queue.move_back(page);
             p = next;
         }
         let page = self.fresh_page(class)?;
@@ -436,7 +458,7 @@ impl Heap {
     }
 
     /// Takes a free page for `class` and puts it at the front of the class queue.
-    fn fresh_page(&mut self, class: usize) -> Option<&'static mut Page> {
+    fn fresh_page(&self, class: usize) -> Option<&'static Page> {
         let bs = class_size(class);
         let kind = Kind::for_block(bs);
         let mut segs = self.segs().lock();
@@ -450,47 +472,35 @@ impl Heap {
         let (i, fresh) = segs.take_page(seg)?;
         drop(segs);
         let (area, len) = seg.page_area(i);
-        let page = &mut seg.pages[i];
+        let page = &seg.pages[i];
         page.init(class as u8, bs, area, len / bs, fresh);
         self.bins[class].push_front(page);
-        // SAFETY: segment headers live as long as the segment, which we own.
-        Some(unsafe { &mut *(page as *mut Page) })
+        Some(page)
     }
 
     /// Adopts segments abandoned by exited threads (a few at most) into `segs`, queueing
     /// their pages in our bins; returns one of `kind` with a free page if it found one.
-    fn reclaim(&mut self, segs: &mut HeapSegs, kind: Kind) -> Option<&'static mut Segment> {
+    fn reclaim(&self, segs: &mut HeapSegs, kind: Kind) -> Option<&'static Segment> {
         for _ in 0..RECLAIM_LIMIT {
             if ABANDONED_COUNT.load(Ordering::Relaxed) == 0 {
                 return None;
             }
             let seg = pop_abandoned()?;
             // Collect what other threads freed while the segment had no owner.
-            let mut live = 0u64;
-            for i in 0..seg.page_count as usize {
-                let page = &mut seg.pages[i];
-                if page.in_use() {
-                    page.collect_thread_free();
-                    if page.used == 0 {
-                        seg.release_page(i);
-                    } else {
-                        live |= 1 << i;
-                    }
-                }
-            }
-            if seg.used_pages == 0 {
+            let live = collect_abandoned(seg);
+            if seg.used_pages.get() == 0 {
                 free_segment(seg);
                 continue;
             }
             segs.adopt(seg, self);
-            while live != 0 {
-                let i = live.trailing_zeros() as usize;
-                live &= live - 1;
-                let page = &mut seg.pages[i];
-                let class = page.class as usize;
-                self.bins[class].push_front(page);
+            let mut bits = live;
+            while bits != 0 {
+                let i = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let page = &seg.pages[i];
+                self.bins[page.class()].push_front(page);
             }
-            if seg.kind == kind && seg.free_mask != 0 {
+            if seg.kind == kind && seg.free_mask.get() != 0 {
                 return Some(seg);
             }
         }
@@ -499,62 +509,59 @@ impl Heap {
 
     // ---- freeing (owner side) ----
 
-    /// The owner's free, after the fast path checks: `b` is a handed-out block of `page`,
-    /// a page of one of our segments.
+    /// The owner's free, after the fast path checked that `b` is a carved block of `page`, a
+    /// page of one of our segments. False, changing nothing, if `b` is free already.
     ///
     /// # Safety
-    /// As stated; the caller checked ownership and validity.
+    /// As stated; the caller is the owner.
     #[inline(always)]
-    pub unsafe fn free_local(&mut self, page: &mut Page, b: *mut Block) {
-        self.in_use.add(-(page.block_size as isize));
+    pub unsafe fn free_local(&self, page: &Page, b: *mut Block) -> bool {
         // SAFETY: per the contract.
-        unsafe { page.push_local(b) };
+        if unsafe { !page.push_local(b) } {
+            return false;
+        }
+        self.in_use.add(-(page.block_size() as isize));
         // An empty page that is its class's only page stays (checked here, not in a call:
         // a single block allocated and freed over and over must stay on the fast path).
-        if page.used == 0 && !(page.prev.is_null() && page.next.is_null()) {
+        if page.used.get() == 0 && !PageQueue::is_alone(page) {
             self.page_emptied(page);
         }
+        true
     }
 
     /// A page of ours has no block in use: give it back to its segment unless it is the
     /// only page of its size class (then it is kept against alloc/free churn).
     #[cold]
     #[inline(never)]
-    fn page_emptied(&mut self, page: *mut Page) {
-        // SAFETY: `page` is a live page of one of our segments; this reference ends before
-        // the segment is touched.
-        let (class, area) = unsafe { ((*page).class as usize, (*page).area) };
-        // SAFETY: as above.
-        self.bins[class].unlink(unsafe { &mut *page });
+    fn page_emptied(&self, page: &Page) {
+        let area = page.area();
+        self.bins[page.class()].unlink(page);
         // SAFETY: the page's segment is live and ours.
-        let seg = unsafe { &mut *(segment::segment_base(area) as *mut Segment) };
-        let i = seg.page_index(area);
-        self.segs().lock().release_page(seg, i);
-        if self.pages_purge_at == 0 {
-            self.pages_purge_at = os::now_ms() + options::get(Opt::PurgeDelay) as u64;
-        }
+        let seg = unsafe { &*(segment::segment_base(area) as *const Segment) };
+        self.segs().lock().release_page(seg, seg.page_index(area));
+        self.schedule_page_purge();
     }
 
     /// Thread exit: collects every page, frees what is empty, abandons the rest.
-    fn abandon(&mut self) {
+    fn abandon(&self) {
         self.in_use.flush();
         self.release_empty_pages();
-        self.bins = [PageQueue::new(); NCLASSES];
+        self.clear_bins();
         self.segs().lock().abandon_all();
     }
 
     /// Gives every page of ours with no block in use back to its segment, even the only page
     /// of a size class (which the free path keeps). True if any was given back.
-    fn release_empty_pages(&mut self) -> bool {
+    fn release_empty_pages(&self) -> bool {
         let mut released = false;
-        for class in 0..NCLASSES {
-            let mut p = self.bins[class].first;
+        for queue in &self.bins {
+            let mut p = queue.first();
             while !p.is_null() {
                 // SAFETY: pages in our queues are live descriptors in segments we own.
-                let page = unsafe { &mut *p };
-                p = page.next;
+                let page = unsafe { &*p };
+                p = page.next.get();
                 page.collect_thread_free();
-                if page.used == 0 {
+                if page.used.get() == 0 {
                     self.page_emptied(page);
                     released = true;
                 }
@@ -567,61 +574,62 @@ impl Heap {
 impl HeapSegs {
     /// The first segment of `kind` if it has a free page (segments with free pages come
     /// first).
-    fn with_free_page(&mut self, kind: Kind) -> Option<&'static mut Segment> {
-        let first = self.queues[kind as usize].first;
+    fn with_free_page(&self, kind: Kind) -> Option<&'static Segment> {
+        let first = self.queues[kind as usize].first();
         // SAFETY: segments in our queues are live and ours.
-        (!first.is_null() && unsafe { (*first).free_mask } != 0).then(|| unsafe { &mut *first })
+        let seg = (!first.is_null()).then(|| unsafe { &*first })?;
+        (seg.free_mask.get() != 0).then_some(seg)
     }
 
     /// A new, empty segment of `kind` from the arena, owned by `heap`.
-    fn new_segment(&mut self, kind: Kind, heap: &mut Heap) -> Option<&'static mut Segment> {
+    fn new_segment(&mut self, kind: Kind, heap: &Heap) -> Option<&'static Segment> {
         let m = arena::alloc_segments(1, false)?;
         // SAFETY: the arena gave us an aligned segment nobody else uses.
-        let seg = unsafe { &mut *Segment::init(m.base, kind, 1, m.from_mmap, m.zeroed) };
+        let seg = unsafe { &*Segment::init(m.base, kind, 1, m.from_mmap, m.zeroed) };
         // No other segment of this kind has a free page, so none is empty: adopting keeps it.
         self.adopt(seg, heap);
         Some(seg)
     }
 
     /// Takes the lowest free page of `seg`: its index and whether its memory is still fresh.
-    fn take_page(&mut self, seg: &mut Segment) -> Option<(usize, bool)> {
-        if seg.used_pages == 0 {
+    fn take_page(&mut self, seg: &Segment) -> Option<(usize, bool)> {
+        if seg.used_pages.get() == 0 {
             self.empty[seg.kind as usize] -= 1;
         }
         let taken = seg.take_page()?;
         if !taken.1 {
             self.dirty_pages = self.dirty_pages.saturating_sub(seg.page_area(taken.0).1);
         }
-        if seg.free_mask == 0 {
+        if seg.free_mask.get() == 0 {
             self.queues[seg.kind as usize].move_back(seg);
         }
         Some(taken)
     }
 
     /// Makes `seg` belong to `heap` and queues it (front if it has a free page).
-    fn adopt(&mut self, seg: &mut Segment, heap: &mut Heap) {
-        seg.heap = heap;
-        seg.thread_id.store(heap.thread_id, Ordering::Release);
-        let q = &mut self.queues[seg.kind as usize];
-        if seg.free_mask != 0 {
+    fn adopt(&mut self, seg: &Segment, heap: &Heap) {
+        seg.heap.set(heap as *const Heap as *mut Heap);
+        seg.thread_id.store(heap.thread_id.get(), Ordering::Release);
+        let q = &self.queues[seg.kind as usize];
+        if seg.free_mask.get() != 0 {
             q.push_front(seg);
         } else {
             q.push_back(seg);
         }
-        if seg.used_pages == 0 {
+        if seg.used_pages.get() == 0 {
             self.empty[seg.kind as usize] += 1;
             self.trim_empty(KEEP_EMPTY);
         }
     }
 
     /// Gives page `i` back to `seg`; a segment left empty is kept or freed.
-    fn release_page(&mut self, seg: &mut Segment, i: usize) {
-        let was_full = seg.free_mask == 0;
+    fn release_page(&mut self, seg: &Segment, i: usize) {
+        let was_full = seg.free_mask.get() == 0;
         seg.release_page(i);
         if was_full {
             self.queues[seg.kind as usize].move_front(seg);
         }
-        if seg.used_pages == 0 {
+        if seg.used_pages.get() == 0 {
             // Its free pages now count as an empty segment (kept or returned to the arena).
             self.dirty_pages = self.dirty_pages.saturating_sub(dirty_free_bytes(seg));
             self.empty[seg.kind as usize] += 1;
@@ -636,32 +644,37 @@ impl HeapSegs {
         }
     }
 
-    /// Releases the free pages of every segment (madvise). True if there was any.
+    /// Releases the free pages of every segment (madvise). False if a release failed (the
+    /// pages stay dirty, and are tried again later).
     fn release_all_free_pages(&mut self) -> bool {
-        let mut released = false;
-        for k in 0..PAGED_KINDS {
-            let mut s = self.queues[k].first;
+        let mut all = true;
+        let mut dirty_left = 0;
+        for q in &self.queues {
+            let mut s = q.first();
             while !s.is_null() {
                 // SAFETY: segments in our queues are live and ours (we hold their lock).
-                let seg = unsafe { &mut *s };
-                s = seg.next;
-                released |= release_free_pages(seg);
+                let seg = unsafe { &*s };
+                s = seg.next.get();
+                if release_free_pages(seg).is_err() {
+                    all = false;
+                    dirty_left += dirty_free_bytes(seg);
+                }
             }
         }
-        self.dirty_pages = 0;
-        released
+        self.dirty_pages = dirty_left;
+        all
     }
 
     /// Frees empty segments until at most `keep` per kind remain. True if any was freed.
     fn trim_empty(&mut self, keep: usize) -> bool {
         let mut freed = false;
         for k in 0..PAGED_KINDS {
-            let mut s = self.queues[k].first;
+            let mut s = self.queues[k].first();
             while !s.is_null() && self.empty[k] > keep {
                 // SAFETY: segments in our queues are live and ours.
-                let seg = unsafe { &mut *s };
-                s = seg.next;
-                if seg.used_pages == 0 {
+                let seg = unsafe { &*s };
+                s = seg.next.get();
+                if seg.used_pages.get() == 0 {
                     self.empty[k] -= 1;
                     self.queues[k].unlink(seg);
                     free_segment(seg);
@@ -675,21 +688,28 @@ impl HeapSegs {
     /// Releases the memory of every free page (madvise) and every empty segment. True if
     /// anything was released.
     fn trim(&mut self) -> bool {
-        self.trim_empty(0) | self.release_all_free_pages()
+        let had_dirty = self.dirty_pages > 0;
+        let freed = self.trim_empty(0);
+        let all = self.release_all_free_pages();
+        freed || (had_dirty && all)
     }
 
     /// Thread exit: frees empty segments and abandons the others.
     fn abandon_all(&mut self) {
         for k in 0..PAGED_KINDS {
-            while !self.queues[k].first.is_null() {
+            loop {
+                let first = self.queues[k].first();
+                if first.is_null() {
+                    break;
+                }
                 // SAFETY: segments in our queues are live and ours.
-                let seg = unsafe { &mut *self.queues[k].first };
+                let seg = unsafe { &*first };
                 self.queues[k].unlink(seg);
-                if seg.used_pages == 0 {
+                if seg.used_pages.get() == 0 {
                     free_segment(seg);
                     continue;
                 }
-                seg.heap = ptr::null_mut();
+                seg.heap.set(ptr::null_mut());
                 seg.thread_id.store(0, Ordering::Release);
                 ABANDONED.lock().0.push_back(seg);
                 ABANDONED_COUNT.fetch_add(1, Ordering::Relaxed);
@@ -700,9 +720,9 @@ impl HeapSegs {
     }
 }
 
-/// Bytes of the free pages of `seg` that have been used since it came from the arena.
+/// Bytes of the free pages of `seg` that have been used since they were last zero.
 fn dirty_free_bytes(seg: &Segment) -> usize {
-    let mut bits = seg.free_mask & !seg.fresh_mask;
+    let mut bits = seg.free_mask.get() & !seg.fresh_mask.get();
     let mut bytes = 0;
     while bits != 0 {
         bytes += seg.page_area(bits.trailing_zeros() as usize).1;
@@ -711,41 +731,65 @@ fn dirty_free_bytes(seg: &Segment) -> usize {
     bytes
 }
 
-/// Releases (madvise) the memory of the free pages of `seg` that have been used; they count
-/// as fresh (zeroed) again. The caller must own `seg`'s page bookkeeping (its heap's segment
-/// lock, or the abandoned list's lock). True if any page was released.
-fn release_free_pages(seg: &mut Segment) -> bool {
-    let dirty = seg.free_mask & !seg.fresh_mask;
-    let mut bits = dirty;
+/// Releases (madvise) the memory of the free pages of `seg` that have been used; those
+/// released count as fresh (zeroed) again. The caller must own `seg`'s page bookkeeping (its
+/// heap's segment lock, or the abandoned list's lock). Ok(true) if any page was released;
+/// Err if a release failed (those pages stay dirty: their memory is neither zero nor fresh).
+fn release_free_pages(seg: &Segment) -> Result<bool, ()> {
+    let mut bits = seg.free_mask.get() & !seg.fresh_mask.get();
+    let (mut released, mut failed) = (0u64, false);
     while bits != 0 {
         let i = bits.trailing_zeros() as usize;
         bits &= bits - 1;
         let (area, len) = seg.page_area(i);
         // SAFETY: a free page holds no live block; its memory is ours and unused.
-        unsafe { os::madvise_free(area, len) };
+        if unsafe { os::madvise_free(area, len) } {
+            released |= 1 << i;
+        } else {
+            failed = true;
+        }
     }
-    seg.fresh_mask |= dirty;
-    dirty != 0
+    seg.fresh_mask.set(seg.fresh_mask.get() | released);
+    if failed { Err(()) } else { Ok(released != 0) }
 }
 
 /// Takes the first segment off the abandoned list (None if empty or the lock is busy).
-fn pop_abandoned() -> Option<&'static mut Segment> {
-    let mut a = ABANDONED.try_lock()?;
-    let s = a.0.first;
+fn pop_abandoned() -> Option<&'static Segment> {
+    let a = ABANDONED.try_lock()?;
+    let s = a.0.first();
     if s.is_null() {
         return None;
     }
     // SAFETY: segments on the abandoned list are live and owned by the list.
-    unsafe { a.0.unlink(&mut *s) };
+    let seg = unsafe { &*s };
+    a.0.unlink(seg);
     ABANDONED_COUNT.fetch_sub(1, Ordering::Relaxed);
-    // SAFETY: as above; now the caller's.
-    Some(unsafe { &mut *s })
+    Some(seg)
+}
+
+/// Collects the blocks other threads freed into the pages of an abandoned segment (whose
+/// bookkeeping the caller owns) and gives back the pages left empty. Returns the mask of the
+/// pages still in use.
+fn collect_abandoned(seg: &Segment) -> u64 {
+    let mut live = 0u64;
+    for i in 0..seg.page_count as usize {
+        let page = &seg.pages[i];
+        if page.in_use() {
+            page.collect_thread_free();
+            if page.used.get() == 0 {
+                seg.release_page(i);
+            } else {
+                live |= 1 << i;
+            }
+        }
+    }
+    live
 }
 
 /// Returns a whole segment (or huge span) to the arena.
-pub fn free_segment(seg: &mut Segment) {
+pub fn free_segment(seg: &Segment) {
     seg.unmap();
-    let (base, n, from_mmap) = (seg as *mut Segment as *mut u8, seg.span_segments, seg.from_mmap);
+    let (base, n, from_mmap) = (seg as *const Segment as *mut u8, seg.span_segments, seg.from_mmap);
     // SAFETY: the segment is unreachable now (unmapped from the lookup, out of every queue).
     unsafe { arena::free_segments(base, n, from_mmap) };
 }
@@ -762,28 +806,30 @@ pub fn alloc_huge(size: usize, zero: bool) -> *mut u8 {
     }
     let Some(m) = arena::alloc_segments(n, true) else { return ptr::null_mut() };
     // SAFETY: the arena gave us `n` aligned segments nobody else uses.
-    let seg = unsafe { &mut *Segment::init(m.base, Kind::Huge, n, m.from_mmap, m.zeroed) };
-    seg.free_mask = 0;
-    seg.used_pages = 1;
+    let seg = unsafe { &*Segment::init(m.base, Kind::Huge, n, m.from_mmap, m.zeroed) };
+    seg.free_mask.set(0);
+    seg.used_pages.set(1);
     let (area, len) = seg.page_area(0);
-    let page = &mut seg.pages[0];
+    let page = &seg.pages[0];
     page.init(0, len, area, 1, m.zeroed);
     if zero && !m.zeroed {
         // SAFETY: the block spans at least `size` bytes from `area`, all ours.
         unsafe { ptr::write_bytes(area, 0, size) };
     }
-    page.capacity = 1;
-    page.used = 1;
+    page.set_single_block_in_use();
     stats::flush_in_use(len as isize);
     area
 }
 
-/// Frees the huge block `b` of `seg` (called by any thread).
-pub fn free_huge(seg: &mut Segment) {
-    let page = &mut seg.pages[0];
-    stats::flush_in_use(-(page.block_size as isize));
-    page.used = 0;
+/// Frees the huge block of `seg` (called by any thread). False, changing nothing, if it was
+/// freed already (its span claimed by another free that has not finished yet).
+pub fn free_huge(seg: &Segment) -> bool {
+    if seg.thread_id.compare_exchange(0, segment::HUGE_FREED, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        return false;
+    }
+    stats::flush_in_use(-(seg.pages[0].block_size() as isize));
     free_segment(seg);
+    true
 }
 
 /// Marks the page holding the freshly allocated block at `p` as handing out offset
@@ -791,13 +837,10 @@ pub fn free_huge(seg: &mut Segment) {
 pub fn mark_aligned(p: *mut u8) {
     let seg = segment::lookup(p);
     debug_assert!(!seg.is_null());
-    // SAFETY: `p` was just allocated from this segment by the calling thread (or under the
-    // backup heap's lock), so the page descriptor is ours to write.
-    unsafe {
-        let seg = &mut *seg;
-        let i = seg.page_index(p);
-        seg.pages[i].flags |= HAS_ALIGNED;
-    }
+    // SAFETY: `p` was just allocated from this live segment by the calling thread (or under
+    // the backup heap's lock), so its page is ours to change.
+    let seg = unsafe { &*seg };
+    seg.pages[seg.page_index(p)].set_has_aligned();
 }
 
 // ---- whole-process operations ----
@@ -833,42 +876,104 @@ pub fn trim(pad: usize) -> bool {
 
 /// Collects the abandoned segments: frees the empty ones, releases free pages of the rest.
 fn trim_abandoned() -> bool {
-    let mut a = ABANDONED.lock();
+    let a = ABANDONED.lock();
     let mut released = false;
-    let mut s = a.0.first;
+    let mut s = a.0.first();
     while !s.is_null() {
         // SAFETY: segments on the abandoned list are live and owned by the list (locked).
-        let seg = unsafe { &mut *s };
-        s = seg.next;
-        for i in 0..seg.page_count as usize {
-            let page = &mut seg.pages[i];
-            if page.in_use() {
-                page.collect_thread_free();
-                if page.used == 0 {
-                    seg.release_page(i);
-                }
-            }
-        }
-        if seg.used_pages == 0 {
+        let seg = unsafe { &*s };
+        s = seg.next.get();
+        collect_abandoned(seg);
+        if seg.used_pages.get() == 0 {
             a.0.unlink(seg);
             ABANDONED_COUNT.fetch_sub(1, Ordering::Relaxed);
             free_segment(seg);
             released = true;
         } else {
-            released |= release_free_pages(seg);
+            released |= release_free_pages(seg).unwrap_or(false);
         }
     }
     released
 }
 
+// ---- invariants (debug builds) ----
+
+/// Checks the calling thread's heap: every page in its queues is a page in use of a live
+/// segment the heap owns, in the queue of its class, with sound lists (`Page::check`); every
+/// segment the heap owns is in the segment map, owned by it, with `used_pages` and the page
+/// masks matching its pages, and every page in use of it queued exactly once. Aborts with a
+/// message on the first violation.
+#[cfg(debug_assertions)]
+pub fn check_invariants() {
+    let Some(heap) = current() else { return };
+    let fail = |what: &str, at: *const u8| -> ! { crate::msg::fatal_pointer(what, at) };
+    let me = heap as *const Heap as *mut Heap;
+    let mut queued_pages = 0usize;
+    for (class, queue) in heap.bins.iter().enumerate() {
+        let mut p = queue.first();
+        let mut n = 0;
+        while !p.is_null() {
+            // SAFETY: pages in our queues are live descriptors in segments we own.
+            let page = unsafe { &*p };
+            let seg = segment::lookup(page.area());
+            if seg.is_null() {
+                fail("check_invariants: a queued page is in no live segment", page.area());
+            }
+            // SAFETY: the map says a live segment is there.
+            let seg = unsafe { &*seg };
+            if seg.heap.get() != me || !page.in_use() || page.class() != class {
+                fail("check_invariants: a queued page is not ours, not in use, or in the wrong queue", page.area());
+            }
+            if let Err(e) = page.check() {
+                fail(e, page.area());
+            }
+            n += 1;
+            if n > 1 << 20 {
+                fail("check_invariants: a page queue is cyclic", page.area());
+            }
+            p = page.next.get();
+        }
+        queued_pages += n;
+    }
+    let segs = heap.segs().lock();
+    let mut in_use_pages = 0usize;
+    for q in &segs.queues {
+        let mut s = q.first();
+        while !s.is_null() {
+            // SAFETY: segments in our queues are live and ours (we hold their lock).
+            let seg = unsafe { &*s };
+            let at = s as *const u8;
+            if !seg.is_mapped() || seg.heap.get() != me || seg.thread_id.load(Ordering::Relaxed) != heap.thread_id.get()
+            {
+                fail("check_invariants: an owned segment is unmapped or owned by another heap", at);
+            }
+            let all = if seg.page_count == 64 { u64::MAX } else { (1u64 << seg.page_count) - 1 };
+            let used_mask = !seg.free_mask.get() & all;
+            if used_mask.count_ones() != seg.used_pages.get() {
+                fail("check_invariants: used_pages does not match the free-page mask", at);
+            }
+            for i in 0..seg.page_count as usize {
+                if seg.pages[i].in_use() != (used_mask & (1 << i) != 0) {
+                    fail("check_invariants: a page's state does not match the free-page mask", at);
+                }
+            }
+            in_use_pages += used_mask.count_ones() as usize;
+            s = seg.next.get();
+        }
+    }
+    if in_use_pages != queued_pages {
+        fail("check_invariants: pages in use are not each queued once", me as *const u8);
+    }
+}
+
 impl Node for Page {
-    fn links(&mut self) -> (&mut *mut Self, &mut *mut Self) {
-        (&mut self.prev, &mut self.next)
+    fn links(&self) -> (&Cell<*mut Self>, &Cell<*mut Self>) {
+        (&self.prev, &self.next)
     }
 }
 
 impl Node for Segment {
-    fn links(&mut self) -> (&mut *mut Self, &mut *mut Self) {
-        (&mut self.prev, &mut self.next)
+    fn links(&self) -> (&Cell<*mut Self>, &Cell<*mut Self>) {
+        (&self.prev, &self.next)
     }
 }

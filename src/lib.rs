@@ -131,12 +131,12 @@ fn alloc_impl<const ZERO: bool>(size: usize) -> *mut u8 {
 
 /// A block of `class` from `heap`: the first page's free list, else the slow path.
 #[inline(always)]
-fn heap_alloc(heap: &mut heap::Heap, class: usize, zero: bool) -> *mut u8 {
-    let page = heap.bins[class].first;
+fn heap_alloc(heap: &heap::Heap, class: usize, zero: bool) -> *mut u8 {
+    let page = heap.bins[class].first();
     // SAFETY: pages in a heap's queues are live descriptors owned by this thread.
-    if !page.is_null() && unsafe { !(*page).free.is_null() } {
+    if !page.is_null() && unsafe { !(*page).free.get().is_null() } {
         // SAFETY: as above.
-        return heap.pop_from(unsafe { &mut *page }, zero);
+        return heap.pop_from(unsafe { &*page }, zero);
     }
     heap.alloc_slow(class, zero)
 }
@@ -225,8 +225,8 @@ fn offset_block(b: *mut u8, align: usize) -> *mut u8 {
     p as *mut u8
 }
 
-/// Frees a block. Null is ignored. A pointer this allocator did not hand out (or a block
-/// freed twice, where detectable) is reported on stderr and the process aborts.
+/// Frees a block. Null is ignored. A pointer this allocator did not hand out, or a block
+/// that is free already, is reported on stderr and the process aborts.
 ///
 /// # Safety
 /// `p` must be null or a live block from this allocator.
@@ -236,46 +236,39 @@ pub unsafe fn free(p: *mut u8) {
     if seg.is_null() {
         return free_cold(p);
     }
-    // SAFETY: the segment map says a live segment header is at `seg`. Only raw places are
-    // used for the segment, so the page reference below is the only reference into it.
-    let (page, owner) = unsafe {
-        let i = segment::page_index((*seg).kind, p);
-        (&mut *ptr::addr_of_mut!((*seg).pages[i]), (*seg).thread_id.load(Ordering::Relaxed))
-    };
+    // SAFETY: the segment map says a live segment header is at `seg`; headers are only
+    // reached through shared references.
+    let seg = unsafe { &*seg };
+    let page = &seg.pages[seg.page_index(p)];
     let b = page.block_of(p);
-    if owner == os::thread_id() {
-        if b.is_null() || page.used == 0 || b == page.local_free {
-            bad_free(b, p);
+    if seg.thread_id.load(Ordering::Relaxed) == os::thread_id() && !b.is_null() {
+        // SAFETY: the segment is ours, so its heap is this thread's heap, and `b` is a carved
+        // block of `page`.
+        if unsafe { (*seg.heap.get()).free_local(page, b) } {
+            return;
         }
-        // SAFETY: the segment is ours, so its heap is this thread's heap; `b` is a
-        // handed-out block of `page` (checked above).
-        unsafe { (*(*seg).heap).free_local(page, b) };
-    } else {
-        // SAFETY: `seg` is live; `page` is one of its pages.
-        unsafe { free_remote(seg, page, b, p) };
+        bad_free(b, p);
     }
+    free_remote(seg, page, b, p);
 }
 
-/// Free by a thread that does not own the block's page.
-///
-/// # Safety
-/// `seg` is a live segment and `page` its page that holds `p`; `b` is `page.block_of(p)`.
+/// Free by a thread that does not own the block's page (or of an invalid pointer).
 #[inline(never)]
-unsafe fn free_remote(seg: *mut segment::Segment, page: &mut page::Page, b: *mut Block, p: *mut u8) {
+fn free_remote(seg: &segment::Segment, page: &page::Page, b: *mut Block, p: *mut u8) {
     if b.is_null() {
         bad_free(b, p);
     }
-    // SAFETY: `seg` is live (contract); reading its kind does not overlap `page`.
-    if unsafe { (*seg).kind } == Kind::Huge {
-        if page.used != 1 {
-            bad_free(ptr::null_mut(), p);
+    if seg.kind == Kind::Huge {
+        if !heap::free_huge(seg) {
+            bad_free(b, p);
         }
-        // SAFETY: the huge block is being freed; `page` is not used after this.
-        return heap::free_huge(unsafe { &mut *seg });
+        return;
     }
-    let bs = page.block_size as isize;
-    // SAFETY: `b` is a handed-out block of `page` (validated by block_of).
-    unsafe { page.push_thread(b) };
+    let bs = page.block_size() as isize;
+    // SAFETY: `b` is a carved block of `page` (validated by block_of).
+    if unsafe { !page.push_thread(b) } {
+        bad_free(b, p);
+    }
     match heap::current() {
         Some(h) => h.in_use.add(-bs),
         None => stats::flush_in_use(-bs),
@@ -312,7 +305,7 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
     if !seg.is_null() {
         // SAFETY: the segment map says a live segment header is at this address.
         let seg = unsafe { &*seg };
-        let page = &seg.pages[segment::page_index(seg.kind, p)];
+        let page = &seg.pages[seg.page_index(p)];
         let b = page.block_of(p as *mut u8);
         if b.is_null() {
             msg::fatal_pointer("malloc_usable_size(): invalid pointer", p);
@@ -420,6 +413,15 @@ pub fn get_option(opt: Opt) -> usize {
 /// The counters (see [`Stats`]).
 pub fn stats() -> Stats {
     Stats { large_blocks: large::live_count(), ..stats::snapshot(heap::pending_in_use()) }
+}
+
+/// Checks the calling thread's heap for broken invariants (free lists acyclic and inside
+/// their page, `used` matching the lists, no block on two lists, segments and the segment
+/// map agreeing) and aborts with a message on the first violation. Compiled into debug
+/// builds (and so the tests); a no-op in release builds.
+pub fn check_invariants() {
+    #[cfg(debug_assertions)]
+    heap::check_invariants();
 }
 
 /// Starts a new peak measurement from the current in-use figure.

@@ -72,6 +72,7 @@ pub fn mmap_aligned(len: usize, align: usize) -> *mut u8 {
     let head = aligned - start;
     let tail = over - head - len;
     // SAFETY: both slack ranges lie inside the mapping we just made and nobody else knows it.
+    // A slack range that cannot be unmapped stays mapped, unused: only address space is lost.
     unsafe {
         if head > 0 {
             munmap(raw, head);
@@ -83,17 +84,21 @@ pub fn mmap_aligned(len: usize, align: usize) -> *mut u8 {
     aligned as *mut u8
 }
 
-/// Unmaps `len` bytes at `p`.
+/// Unmaps `len` bytes at `p`. False if the kernel refused (ENOMEM: the split would exceed
+/// the mapping count limit): the memory is then still mapped and still holds its contents.
 ///
 /// # Safety
 /// `p..p+len` must be a page-aligned range of our own mappings that nothing uses any more.
-pub unsafe fn munmap(p: *mut u8, len: usize) {
+pub unsafe fn munmap(p: *mut u8, len: usize) -> bool {
     stats::count(Counter::MunmapCalls);
     // SAFETY: per the contract, the range is ours and unused.
-    let rc = unsafe { libc::munmap(p.cast(), len) };
-    if rc == 0 {
+    let ok = unsafe { libc::munmap(p.cast(), len) } == 0;
+    if ok {
         stats::add_mmap_bytes(-(len as isize));
+    } else {
+        stats::count(Counter::ReleaseFailures);
     }
+    ok
 }
 
 /// Resizes the mapping at `p` from `old_len` to `new_len` bytes. With `may_move` the kernel
@@ -115,13 +120,19 @@ pub unsafe fn mremap(p: *mut u8, old_len: usize, new_len: usize, may_move: bool)
 }
 
 /// Tells the kernel the pages of `p..p+len` may be dropped: their next touch faults in zeros.
+/// False if the kernel refused (EINVAL on locked pages, under `mlock`/`mlockall`): the pages
+/// then keep their contents, so the caller must treat them as dirty, not as zero.
 ///
 /// # Safety
 /// The range must be page aligned, ours, and hold nothing anybody still needs.
-pub unsafe fn madvise_free(p: *mut u8, len: usize) {
+pub unsafe fn madvise_free(p: *mut u8, len: usize) -> bool {
     stats::count(Counter::MadviseCalls);
     // SAFETY: per the contract, the contents of the range are dead.
-    unsafe { libc::madvise(p.cast(), len, libc::MADV_DONTNEED) };
+    let ok = unsafe { libc::madvise(p.cast(), len, libc::MADV_DONTNEED) } == 0;
+    if !ok {
+        stats::count(Counter::ReleaseFailures);
+    }
+    ok
 }
 
 /// Writes all of `bytes` to stderr with write(2); errors are ignored (there is nowhere to

@@ -12,18 +12,66 @@
 //! `thread_free` still count, so a page with `used == 0` is empty for certain. Blocks are
 //! carved lazily (`capacity` of `reserved`), so untouched memory of a fresh page is never
 //! faulted in before it is needed.
+//!
+//! **Freed blocks are marked.** Every block on any of the three lists carries a mark in its
+//! second word: [`freed_mark`] of its own address (written when it is carved and when it is
+//! freed, cleared when it is handed out). `free` reads that word before linking the block:
+//! finding the mark means the block is on a list already, so a double free is caught before
+//! any list is touched, whoever frees and however late. Another thread's free swaps the mark
+//! in atomically, so two racing frees of one block cannot both pass. A live block reads as
+//! marked only if the program stored exactly that value (a function of the block's own
+//! address) there.
+//!
+//! **Sharing.** Descriptors are read by other threads (a remote free reads the block size,
+//! the carved capacity and the flags), so they are only ever reached through shared
+//! references: owner-only fields are `Cell`s, fields another thread reads while the owner
+//! changes them are atomics (Relaxed: a block a thread frees was carved before it got the
+//! pointer), and `block_size`, `div_magic`, `area` and `class` change only while the page
+//! holds no block.
 
+use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
-/// A free block: its first word links to the next free block.
+/// A free block: its first word links to the next free block, its second holds the freed
+/// mark (every block is at least 16 bytes).
 #[repr(C)]
 pub struct Block {
     pub next: *mut Block,
+    mark: AtomicUsize,
+}
+
+/// The value a freed block at `b` holds in its second word. Depends on the address, so a
+/// block copied elsewhere does not carry a valid mark.
+#[inline(always)]
+pub fn freed_mark(b: *const Block) -> usize {
+    (b as usize).rotate_left(29) ^ 0xA5C3_96E1_D24B_7F08
+}
+
+impl Block {
+    /// Marks the block freed (the caller owns it).
+    ///
+    /// # Safety
+    /// `b` is a block of at least 16 bytes that the caller may write.
+    #[inline(always)]
+    unsafe fn set_mark(b: *mut Block) {
+        // SAFETY: per the contract.
+        unsafe { (*b).mark.store(freed_mark(b), Ordering::Relaxed) };
+    }
+
+    /// Whether the block carries the freed mark.
+    ///
+    /// # Safety
+    /// `b` is a carved block of a page in use.
+    #[inline(always)]
+    pub unsafe fn is_marked(b: *const Block) -> bool {
+        // SAFETY: per the contract the block's memory is ours to read.
+        unsafe { (*b).mark.load(Ordering::Relaxed) == freed_mark(b) }
+    }
 }
 
 /// Bits of `Page::flags`.
-pub const FREE_IS_ZERO: u8 = 1; // every block on `free` is zero but for its link word
+pub const FREE_IS_ZERO: u8 = 1; // every block on `free` is zero but for its two header words
 pub const MEM_IS_ZERO: u8 = 2; // blocks not yet carved are zero (memory fresh from the OS)
 pub const HAS_ALIGNED: u8 = 4; // some block was handed out at an offset (aligned allocation)
 
@@ -37,164 +85,230 @@ const EXTEND_BYTES: usize = 4096;
 #[repr(C)]
 pub struct Page {
     /// Blocks ready to allocate (owner only).
-    pub free: *mut Block,
+    pub free: Cell<*mut Block>,
     /// Blocks handed out and not yet collected back (owner only).
-    pub used: u32,
-    /// Blocks carved so far (owner only).
-    pub capacity: u32,
-    /// Blocks that fit in the page; 0 while the page is not in use.
-    pub reserved: u32,
-    /// `FREE_IS_ZERO | MEM_IS_ZERO | HAS_ALIGNED` (owner only).
-    pub flags: u8,
-    /// Size class index (meaningless for huge spans).
-    pub class: u8,
-    /// Bytes per block; 0 while the page is not in use.
-    pub block_size: usize,
+    pub used: Cell<u32>,
+    /// Blocks carved so far (owner writes, a remote free reads).
+    capacity: AtomicU32,
+    /// Blocks that fit in the page; 0 while the page is not in use (owner only).
+    reserved: Cell<u32>,
+    /// `FREE_IS_ZERO | MEM_IS_ZERO | HAS_ALIGNED` (owner writes, a remote free reads).
+    flags: AtomicU8,
+    /// Size class index (meaningless for huge spans); fixed while in use.
+    class: Cell<u8>,
+    /// Bytes per block; 0 while the page is not in use; fixed while in use.
+    block_size: Cell<usize>,
     /// ceil(2^44 / block_size): offset * div_magic >> 44 == offset / block_size.
-    pub div_magic: u64,
-    /// First byte of the first block.
-    pub area: *mut u8,
+    div_magic: Cell<u64>,
+    /// First byte of the first block; fixed while in use.
+    area: Cell<*mut u8>,
     /// Blocks the owner freed (owner only).
-    pub local_free: *mut Block,
+    local_free: Cell<*mut Block>,
     /// Blocks other threads freed (any thread pushes, the owner takes all).
-    pub thread_free: AtomicPtr<Block>,
+    thread_free: AtomicPtr<Block>,
     /// Links in the owning heap's queue for this size class (owner only).
-    pub next: *mut Page,
-    pub prev: *mut Page,
+    pub next: Cell<*mut Page>,
+    pub prev: Cell<*mut Page>,
 }
 
 impl Page {
     /// Sets up an unused page to hold `reserved` blocks of `block_size` bytes from `area`.
-    pub fn init(&mut self, class: u8, block_size: usize, area: *mut u8, reserved: usize, mem_is_zero: bool) {
-        debug_assert!(self.block_size == 0 && block_size >= 16 && reserved >= 1);
-        self.free = ptr::null_mut();
-        self.local_free = ptr::null_mut();
-        *self.thread_free.get_mut() = ptr::null_mut();
-        self.used = 0;
-        self.capacity = 0;
-        self.reserved = reserved as u32;
-        self.flags = if mem_is_zero { MEM_IS_ZERO } else { 0 };
-        self.class = class;
-        self.block_size = block_size;
-        self.div_magic = (1u64 << DIV_SHIFT).div_ceil(block_size as u64);
-        self.area = area;
-        self.next = ptr::null_mut();
-        self.prev = ptr::null_mut();
+    pub fn init(&self, class: u8, block_size: usize, area: *mut u8, reserved: usize, mem_is_zero: bool) {
+        debug_assert!(self.block_size.get() == 0 && block_size >= 16 && reserved >= 1);
+        self.free.set(ptr::null_mut());
+        self.local_free.set(ptr::null_mut());
+        self.thread_free.store(ptr::null_mut(), Ordering::Relaxed);
+        self.used.set(0);
+        self.capacity.store(0, Ordering::Relaxed);
+        self.reserved.set(reserved as u32);
+        self.flags.store(if mem_is_zero { MEM_IS_ZERO } else { 0 }, Ordering::Relaxed);
+        self.class.set(class);
+        self.block_size.set(block_size);
+        self.div_magic.set((1u64 << DIV_SHIFT).div_ceil(block_size as u64));
+        self.area.set(area);
+        self.next.set(ptr::null_mut());
+        self.prev.set(ptr::null_mut());
     }
 
     /// Marks the page unused.
-    pub fn reset(&mut self) {
-        self.block_size = 0;
-        self.reserved = 0;
-        self.flags = 0;
+    pub fn reset(&self) {
+        self.block_size.set(0);
+        self.reserved.set(0);
+        self.flags.store(0, Ordering::Relaxed);
     }
 
     pub fn in_use(&self) -> bool {
-        self.block_size != 0
+        self.block_size.get() != 0
     }
 
-    /// Pops a block from `free`; null if it is empty.
     #[inline(always)]
-    pub fn pop(&mut self) -> *mut Block {
-        let b = self.free;
+    pub fn block_size(&self) -> usize {
+        self.block_size.get()
+    }
+
+    pub fn class(&self) -> usize {
+        self.class.get() as usize
+    }
+
+    pub fn area(&self) -> *mut u8 {
+        self.area.get()
+    }
+
+    fn flag(&self, f: u8) -> bool {
+        self.flags.load(Ordering::Relaxed) & f != 0
+    }
+
+    /// Owner: sets or clears flag bits (a load and a store: only the owner writes flags).
+    fn set_flags(&self, set: u8, clear: u8) {
+        let f = self.flags.load(Ordering::Relaxed);
+        self.flags.store((f | set) & !clear, Ordering::Relaxed);
+    }
+
+    /// Whether every block on `free` is zero but for its two header words.
+    #[inline(always)]
+    pub fn free_is_zero(&self) -> bool {
+        self.flag(FREE_IS_ZERO)
+    }
+
+    /// Owner: the page hands out pointers at an offset into their blocks.
+    pub fn set_has_aligned(&self) {
+        self.set_flags(HAS_ALIGNED, 0);
+    }
+
+    /// Pops a block from `free` and clears its freed mark; null if `free` is empty.
+    #[inline(always)]
+    pub fn pop(&self) -> *mut Block {
+        let b = self.free.get();
         if !b.is_null() {
-            // SAFETY: blocks on `free` are carved from this page's area and hold a valid link.
-            self.free = unsafe { (*b).next };
-            self.used += 1;
+            // SAFETY: blocks on `free` are carved from this page's area, hold a valid link,
+            // and are the owner's (the caller's) to write.
+            unsafe {
+                self.free.set((*b).next);
+                (*b).mark.store(0, Ordering::Relaxed);
+            }
+            self.used.set(self.used.get() + 1);
         }
         b
     }
 
-    /// The owner gives a block back.
+    /// The owner gives a block back. False, changing nothing, if the block is already free.
     ///
     /// # Safety
-    /// `b` must be a block of this page currently handed out; the caller is the owner.
+    /// `b` must be a carved block of this page (`block_of` said so); the caller is the owner.
     #[inline(always)]
-    pub unsafe fn push_local(&mut self, b: *mut Block) {
-        // SAFETY: the block is ours to write (it was handed out and is now given back).
-        unsafe { (*b).next = self.local_free };
-        self.local_free = b;
-        self.used -= 1;
+    pub unsafe fn push_local(&self, b: *mut Block) -> bool {
+        // SAFETY: per the contract the block is ours to read and, unless free, to write.
+        unsafe {
+            if Block::is_marked(b) {
+                return false;
+            }
+            Block::set_mark(b);
+            (*b).next = self.local_free.get();
+        }
+        self.local_free.set(b);
+        self.used.set(self.used.get() - 1);
+        true
     }
 
-    /// Another thread gives a block back: lock-free push onto `thread_free`.
+    /// Another thread gives a block back: lock-free push onto `thread_free`. False, changing
+    /// nothing, if the block is already free.
     ///
     /// # Safety
-    /// `b` must be a block of this page currently handed out, not on any list.
-    pub unsafe fn push_thread(&self, b: *mut Block) {
+    /// `b` must be a carved block of this page (`block_of` said so).
+    pub unsafe fn push_thread(&self, b: *mut Block) -> bool {
+        let mark = freed_mark(b);
+        // SAFETY: per the contract `b` is a block of this page; the swap claims it, so of two
+        // racing frees only one goes on.
+        if unsafe { (*b).mark.swap(mark, Ordering::Relaxed) } == mark {
+            return false;
+        }
         let mut head = self.thread_free.load(Ordering::Relaxed);
         loop {
             // SAFETY: the block is the caller's to write until the push below publishes it.
             unsafe { (*b).next = head };
             match self.thread_free.compare_exchange_weak(head, b, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(h) => head = h,
             }
         }
     }
 
+    /// Whether other threads freed blocks the owner has not collected yet.
+    pub fn has_thread_free(&self) -> bool {
+        !self.thread_free.load(Ordering::Relaxed).is_null()
+    }
+
     /// Owner: folds `thread_free` and `local_free` into `free` when `free` is empty. Returns
     /// true if `free` now has a block.
-    pub fn collect(&mut self) -> bool {
-        if !self.free.is_null() {
+    pub fn collect(&self) -> bool {
+        if !self.free.get().is_null() {
             return true;
         }
-        if !self.thread_free.load(Ordering::Relaxed).is_null() {
+        if self.has_thread_free() {
             self.collect_thread_free();
         }
-        if !self.local_free.is_null() {
-            self.free = self.local_free;
-            self.local_free = ptr::null_mut();
-            self.flags &= !FREE_IS_ZERO;
+        let local = self.local_free.replace(ptr::null_mut());
+        if !local.is_null() {
+            self.free.set(local);
+            self.set_flags(0, FREE_IS_ZERO);
         }
-        !self.free.is_null()
+        !self.free.get().is_null()
     }
 
     /// Owner: takes every block other threads freed and moves it to `local_free`.
-    pub fn collect_thread_free(&mut self) {
-        let mut b = self.thread_free.swap(ptr::null_mut(), Ordering::Acquire);
-        while !b.is_null() {
-            // SAFETY: blocks on thread_free were pushed by push_thread with a valid link and
-            // are now exclusively ours.
-            let next = unsafe { (*b).next };
-            // SAFETY: as above; the block is a handed-out block of this page.
-            unsafe { self.push_local(b) };
-            b = next;
+    pub fn collect_thread_free(&self) {
+        let head = self.thread_free.swap(ptr::null_mut(), Ordering::Acquire);
+        if head.is_null() {
+            return;
         }
+        let (mut tail, mut n) = (head, 1);
+        // SAFETY: blocks on thread_free were pushed by push_thread with a valid link and are
+        // now exclusively ours.
+        unsafe {
+            while !(*tail).next.is_null() {
+                tail = (*tail).next;
+                n += 1;
+            }
+            (*tail).next = self.local_free.get();
+        }
+        self.local_free.set(head);
+        self.used.set(self.used.get() - n);
     }
 
-    /// Owner: carves more blocks onto `free`. Returns false if the page is fully carved.
-    pub fn extend(&mut self) -> bool {
-        let left = (self.reserved - self.capacity) as usize;
+    /// Owner: carves more blocks onto `free`, each marked free. Returns false if the page is
+    /// fully carved.
+    pub fn extend(&self) -> bool {
+        let capacity = self.capacity.load(Ordering::Relaxed);
+        let left = (self.reserved.get() - capacity) as usize;
         if left == 0 {
             return false;
         }
-        let n = (EXTEND_BYTES / self.block_size).clamp(1, left);
-        let bs = self.block_size;
+        let bs = self.block_size.get();
+        let n = (EXTEND_BYTES / bs).clamp(1, left);
         // SAFETY: blocks capacity..capacity+n lie inside the page's area (n <= left), which the
         // segment reserved for this page; nobody else uses them yet.
         unsafe {
-            let first = self.area.add(self.capacity as usize * bs);
-            for i in 0..n - 1 {
+            let first = self.area.get().add(capacity as usize * bs);
+            for i in 0..n {
                 let b = first.add(i * bs).cast::<Block>();
-                (*b).next = first.add((i + 1) * bs).cast();
+                (*b).next = if i + 1 < n { first.add((i + 1) * bs).cast() } else { self.free.get() };
+                Block::set_mark(b);
             }
-            (*first.add((n - 1) * bs).cast::<Block>()).next = self.free;
-            self.free = first.cast();
+            self.free.set(first.cast());
         }
-        // Fresh blocks are zero if the memory was, and `free` was empty before (callers only
-        // extend an empty list).
-        if self.flags & MEM_IS_ZERO != 0 {
-            self.flags |= FREE_IS_ZERO;
+        // Fresh blocks are zero (but for the header words) if the memory was, and `free` was
+        // empty before (callers only extend an empty list).
+        if self.flag(MEM_IS_ZERO) {
+            self.set_flags(FREE_IS_ZERO, 0);
         }
-        self.capacity += n as u32;
+        self.capacity.store(capacity + n as u32, Ordering::Relaxed);
         true
     }
 
     /// Index of the block that holds byte `offset` of the area.
     #[inline(always)]
     pub fn block_index(&self, offset: usize) -> usize {
-        ((offset as u64 * self.div_magic) >> DIV_SHIFT) as usize
+        ((offset as u64 * self.div_magic.get()) >> DIV_SHIFT) as usize
     }
 
     /// The start of the block that contains `p`, or null if `p` cannot be a pointer this
@@ -202,14 +316,17 @@ impl Page {
     /// requests) a pointer aligned to more than its distance from its block's start.
     #[inline(always)]
     pub fn block_of(&self, p: *mut u8) -> *mut Block {
-        let offset = (p as usize).wrapping_sub(self.area as usize);
+        let area = self.area.get();
+        let offset = (p as usize).wrapping_sub(area as usize);
         let idx = self.block_index(offset);
-        let start = idx * self.block_size;
-        if idx >= self.capacity as usize || (start != offset && !self.is_aligned_offset(p, offset - start)) {
+        let start = idx * self.block_size.get();
+        if idx >= self.capacity.load(Ordering::Relaxed) as usize
+            || (start != offset && !self.is_aligned_offset(p, offset - start))
+        {
             return ptr::null_mut();
         }
         // SAFETY: idx < capacity, so the block lies inside the page's area.
-        unsafe { self.area.add(start).cast() }
+        unsafe { area.add(start).cast() }
     }
 
     /// Whether `p`, `delta` bytes into its block, can be an aligned allocation's pointer: the
@@ -217,12 +334,72 @@ impl Page {
     #[cold]
     fn is_aligned_offset(&self, p: *mut u8, delta: usize) -> bool {
         let align = 1usize << (p as usize).trailing_zeros();
-        self.flags & HAS_ALIGNED != 0 && align > 16 && delta < align
+        self.flag(HAS_ALIGNED) && align > 16 && delta < align
     }
 
     /// Usable bytes from `p` (inside block `b`) to the end of the block.
     pub fn usable_from(&self, b: *mut Block, p: *mut u8) -> usize {
-        self.block_size - (p as usize - b as usize)
+        self.block_size.get() - (p as usize - b as usize)
+    }
+
+    /// Owner, in a huge span: the single block is carved and handed out.
+    pub fn set_single_block_in_use(&self) {
+        self.capacity.store(1, Ordering::Relaxed);
+        self.used.set(1);
+    }
+}
+
+/// Most blocks one page can hold (a 64 KiB page of 16-byte blocks).
+#[cfg(debug_assertions)]
+const MAX_BLOCKS: usize = 4096;
+
+#[cfg(debug_assertions)]
+impl Page {
+    /// Owner: checks the page's lists: each acyclic, inside the page, of carved block starts
+    /// that carry the freed mark, no block on two lists, and `used` equal to the carved
+    /// blocks that are on none of `free` and `local_free`. Blocks other threads push while
+    /// this runs do not disturb it (pushes only prepend to `thread_free`).
+    pub fn check(&self) -> Result<(), &'static str> {
+        let cap = self.capacity.load(Ordering::Relaxed) as usize;
+        let reserved = self.reserved.get() as usize;
+        if cap > reserved || reserved > MAX_BLOCKS {
+            return Err("capacity above the blocks the page holds");
+        }
+        let mut seen = [0u64; MAX_BLOCKS / 64];
+        let nfree = self.check_list(self.free.get(), cap, &mut seen)?;
+        let nlocal = self.check_list(self.local_free.get(), cap, &mut seen)?;
+        let nthread = self.check_list(self.thread_free.load(Ordering::Acquire), cap, &mut seen)?;
+        if self.used.get() as usize + nfree + nlocal != cap {
+            return Err("used does not match the free lists");
+        }
+        if nthread > self.used.get() as usize {
+            return Err("more blocks on thread_free than in use");
+        }
+        Ok(())
+    }
+
+    /// Walks one list, marking its blocks in `seen`; returns its length.
+    fn check_list(&self, mut b: *mut Block, cap: usize, seen: &mut [u64]) -> Result<usize, &'static str> {
+        let mut n = 0;
+        while !b.is_null() {
+            let offset = (b as usize).wrapping_sub(self.area.get() as usize);
+            let idx = offset / self.block_size.get();
+            if idx >= cap || idx * self.block_size.get() != offset {
+                return Err("a free list holds a pointer that is no carved block of its page");
+            }
+            if seen[idx / 64] & (1 << (idx % 64)) != 0 {
+                return Err("a block is twice on the free lists (a cycle, or two lists)");
+            }
+            seen[idx / 64] |= 1 << (idx % 64);
+            // SAFETY: `b` is a carved block of this page (checked above).
+            if unsafe { !Block::is_marked(b) } {
+                return Err("a block on a free list lacks the freed mark");
+            }
+            n += 1;
+            // SAFETY: as above; free blocks hold a link.
+            b = unsafe { (*b).next };
+        }
+        Ok(n)
     }
 }
 

@@ -12,6 +12,7 @@
 //! by `thread_id`; huge segments belong to nobody (`thread_id == 0`).
 
 use crate::page::Page;
+use core::cell::Cell;
 use core::ptr;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -58,57 +59,65 @@ impl Kind {
     }
 }
 
-/// Header of a segment.
+/// Header of a segment. Other threads read `thread_id`, `kind` and the page descriptors
+/// (a remote free), so the header is only reached through shared references: the fields
+/// its owner changes are `Cell`s (changed by the owner under its heap's segment lock, or by
+/// the holder of the abandoned list's lock), `thread_id` is atomic, and `kind`, `from_mmap`,
+/// `page_count` and `span_segments` are fixed from `init` until the segment goes back.
 #[repr(C)]
 pub struct Segment {
     /// Owning thread (`os::thread_id`), 0 for none (huge, or abandoned by an exited thread).
     pub thread_id: AtomicUsize,
     /// Owning heap (null when abandoned or huge).
-    pub heap: *mut crate::heap::Heap,
+    pub heap: Cell<*mut crate::heap::Heap>,
     pub kind: Kind,
     /// Came from the mmap fallback rather than the program break.
     pub from_mmap: bool,
     /// Number of pages (1 << (SEGMENT_SHIFT - page_shift)).
     pub page_count: u32,
     /// Pages in use.
-    pub used_pages: u32,
+    pub used_pages: Cell<u32>,
     /// Bit i set: page i is free.
-    pub free_mask: u64,
-    /// Bit i set: page i has never been used since the segment came (zeroed) from the arena.
-    pub fresh_mask: u64,
+    pub free_mask: Cell<u64>,
+    /// Bit i set: page i reads as zero (never used since the segment came zeroed from the
+    /// arena, or released since): its blocks need no clearing for calloc.
+    pub fresh_mask: Cell<u64>,
     /// Length of the span in segments (1 but for huge spans).
     pub span_segments: usize,
     /// Links in the owner's list of segments of this kind, or in the abandoned list.
-    pub next: *mut Segment,
-    pub prev: *mut Segment,
+    pub next: Cell<*mut Segment>,
+    pub prev: Cell<*mut Segment>,
     /// Page descriptors (only `page_count` are meaningful).
     pub pages: [Page; MAX_PAGES],
 }
 
 const _: () = assert!(core::mem::size_of::<Segment>() <= HEADER_SIZE);
 
+/// `thread_id` of a huge span whose block has been freed (no thread has it).
+pub const HUGE_FREED: usize = 2;
+
 impl Segment {
     /// Writes a fresh header at `base` (`span_segments` segments from the arena; `zeroed`
-    /// if every byte reads as zero) and returns it.
+    /// if every byte reads as zero) and returns it. The old contents of the header's memory
+    /// are never trusted, whatever `zeroed` says: it is cleared whole.
     ///
     /// # Safety
     /// `base` must be segment aligned and exclusively ours.
     pub unsafe fn init(base: *mut u8, kind: Kind, span_segments: usize, from_mmap: bool, zeroed: bool) -> *mut Segment {
         let seg = base.cast::<Segment>();
         let page_count = 1u32 << (SEGMENT_SHIFT - kind.page_shift());
-        // SAFETY: the memory is ours; once zeroed it is a valid bit pattern for every field
-        // (null pointers, zero counters, atomics at zero); we set the rest.
+        let all = if page_count == 64 { u64::MAX } else { (1u64 << page_count) - 1 };
+        // SAFETY: the memory is ours and nobody else knows it; zeroed memory is a valid bit
+        // pattern for every field (null pointers, zero counters, atomics at zero, `Kind::Small`,
+        // unused page descriptors); we set the rest.
         unsafe {
-            if !zeroed {
-                ptr::write_bytes(base, 0, size_of::<Segment>());
-            }
-            (*seg).kind = kind;
-            (*seg).from_mmap = from_mmap;
-            (*seg).page_count = page_count;
-            (*seg).span_segments = span_segments;
-            let all = if page_count == 64 { u64::MAX } else { (1u64 << page_count) - 1 };
-            (*seg).free_mask = all;
-            (*seg).fresh_mask = if zeroed { all } else { 0 };
+            ptr::write_bytes(base, 0, size_of::<Segment>());
+            ptr::addr_of_mut!((*seg).kind).write(kind);
+            ptr::addr_of_mut!((*seg).from_mmap).write(from_mmap);
+            ptr::addr_of_mut!((*seg).page_count).write(page_count);
+            ptr::addr_of_mut!((*seg).span_segments).write(span_segments);
+            (*seg).free_mask.set(all);
+            (*seg).fresh_mask.set(if zeroed { all } else { 0 });
         }
         map_set(base as usize, true);
         seg
@@ -132,31 +141,37 @@ impl Segment {
 
     /// Takes a free page (the lowest that was used before, else the lowest) and returns its
     /// index and whether it is fresh, or None if all are in use.
-    pub fn take_page(&mut self) -> Option<(usize, bool)> {
-        if self.free_mask == 0 {
+    pub fn take_page(&self) -> Option<(usize, bool)> {
+        let free = self.free_mask.get();
+        if free == 0 {
             return None;
         }
         // A used page first: its memory is resident already, a fresh one would add to RSS.
-        let used_before = self.free_mask & !self.fresh_mask;
-        let i = if used_before != 0 { used_before } else { self.free_mask }.trailing_zeros() as usize;
-        self.free_mask &= !(1 << i);
-        let fresh = self.fresh_mask & (1 << i) != 0;
-        self.fresh_mask &= !(1 << i);
-        self.used_pages += 1;
-        Some((i, fresh))
+        let fresh_mask = self.fresh_mask.get();
+        let used_before = free & !fresh_mask;
+        let i = if used_before != 0 { used_before } else { free }.trailing_zeros() as usize;
+        self.free_mask.set(free & !(1 << i));
+        self.fresh_mask.set(fresh_mask & !(1 << i));
+        self.used_pages.set(self.used_pages.get() + 1);
+        Some((i, fresh_mask & (1 << i) != 0))
     }
 
     /// Gives page `i` back to the segment.
-    pub fn release_page(&mut self, i: usize) {
+    pub fn release_page(&self, i: usize) {
         self.pages[i].reset();
-        self.free_mask |= 1 << i;
-        self.used_pages -= 1;
+        self.free_mask.set(self.free_mask.get() | 1 << i);
+        self.used_pages.set(self.used_pages.get() - 1);
     }
 
     /// Removes the segment from the lookup map; after this `free` treats pointers into it as
     /// foreign.
     pub fn unmap(&self) {
         map_set(self as *const Segment as usize, false);
+    }
+
+    /// Whether the segment map says a live segment starts here.
+    pub fn is_mapped(&self) -> bool {
+        !lookup(self as *const Segment as *const u8).is_null()
     }
 }
 

@@ -17,9 +17,11 @@ pub enum Counter {
     MunmapCalls,
     MremapCalls,
     MadviseCalls,
+    /// madvise or munmap calls the kernel refused (the memory stayed as it was).
+    ReleaseFailures,
 }
 
-const NCOUNTERS: usize = 5;
+const NCOUNTERS: usize = 6;
 
 static COUNTERS: [AtomicUsize; NCOUNTERS] = [const { AtomicUsize::new(0) }; NCOUNTERS];
 /// Bytes of live mappings made through `os` (segments from the mmap fallback, large blocks).
@@ -99,6 +101,9 @@ pub struct Stats {
     pub mremap_calls: usize,
     /// Number of madvise calls.
     pub madvise_calls: usize,
+    /// Number of madvise and munmap calls the kernel refused (locked memory, mapping
+    /// limits): that memory stayed resident and is treated as dirty.
+    pub release_failures: usize,
 }
 
 /// Reads every counter; `pending` is the sum of the per-thread unflushed in-use deltas.
@@ -116,6 +121,7 @@ pub(crate) fn snapshot(pending: isize) -> Stats {
         munmap_calls: c(Counter::MunmapCalls),
         mremap_calls: c(Counter::MremapCalls),
         madvise_calls: c(Counter::MadviseCalls),
+        release_failures: c(Counter::ReleaseFailures),
     }
 }
 

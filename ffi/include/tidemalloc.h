@@ -30,6 +30,7 @@ struct tidemalloc_stats {
     size_t munmap_calls;
     size_t mremap_calls;
     size_t madvise_calls;
+    size_t release_failures; /* madvise/munmap calls the kernel refused (memory stayed) */
 };
 
 /* Fills *out with the current counters. */
