@@ -144,6 +144,7 @@ fn realloc_block(rng: &mut Rng, b: &mut Blk) {
 /// and published; thread 0 checks that no two live blocks overlap.
 fn checkpoint(t: usize, shared: &Shared, rx: &Receiver<Blk>, live: &mut Vec<Blk>, counts: &mut Counts) {
     shared.barrier.wait(); // nobody sends any more
+    tidemalloc::check_invariants();
     while let Ok(b) = rx.try_recv() {
         b.check();
         counts.received += 1;
