@@ -94,10 +94,22 @@ struct HeapBox {
     segs: Lock<HeapSegs>,
 }
 
-thread_local! {
-    /// This thread's heap: null before its first allocation, `DEAD` after its exit handler.
-    static HEAP: Cell<*mut Heap> = const { Cell::new(ptr::null_mut()) };
+/// This thread's heap (in `tls`): null before its first allocation, `DEAD` after its exit
+/// handler.
+struct ThreadHeap;
+
+impl ThreadHeap {
+    #[inline(always)]
+    fn get(&self) -> *mut Heap {
+        crate::tls::get().cast()
+    }
+
+    fn set(&self, h: *mut Heap) {
+        crate::tls::set(h.cast());
+    }
 }
+
+static HEAP: ThreadHeap = ThreadHeap;
 const DEAD: *mut Heap = ptr::dangling_mut::<Heap>();
 
 /// The calling thread's heap, if it has a live one.
@@ -416,7 +428,8 @@ impl Heap {
     /// Pops a block from `page` (which has one) and zeroes it if asked.
     #[inline(always)]
     pub fn pop_from(&self, page: &Page, zero: bool) -> *mut u8 {
-        let is_zero = page.free_is_zero();
+        // Read before the pop: the flag speaks of the blocks on `free`.
+        let is_zero = zero && page.free_is_zero();
         let b = page.pop();
         debug_assert!(!b.is_null());
         self.in_use.add(page.block_size() as isize);
@@ -534,6 +547,7 @@ impl Heap {
     #[cold]
     #[inline(never)]
     fn page_emptied(&self, page: &Page) {
+        let _errno = os::ErrnoGuard::new();
         let area = page.area();
         self.bins[page.class()].unlink(page);
         // SAFETY: the page's segment is live and ours.
@@ -824,6 +838,7 @@ pub fn alloc_huge(size: usize, zero: bool) -> *mut u8 {
 /// Frees the huge block of `seg` (called by any thread). False, changing nothing, if it was
 /// freed already (its span claimed by another free that has not finished yet).
 pub fn free_huge(seg: &Segment) -> bool {
+    let _errno = os::ErrnoGuard::new();
     if seg.thread_id.compare_exchange(0, segment::HUGE_FREED, Ordering::Acquire, Ordering::Relaxed).is_err() {
         return false;
     }
@@ -835,11 +850,9 @@ pub fn free_huge(seg: &Segment) -> bool {
 /// Marks the page holding the freshly allocated block at `p` as handing out offset
 /// pointers. Called by the block's allocating thread before anyone else knows the block.
 pub fn mark_aligned(p: *mut u8) {
-    let seg = segment::lookup(p);
-    debug_assert!(!seg.is_null());
-    // SAFETY: `p` was just allocated from this live segment by the calling thread (or under
-    // the backup heap's lock), so its page is ours to change.
-    let seg = unsafe { &*seg };
+    // `p` was just allocated from a live segment by the calling thread (or under the backup
+    // heap's lock), so its page is ours to change.
+    let seg = segment::lookup(p).expect("an aligned block lies in a segment");
     seg.pages[seg.page_index(p)].set_has_aligned();
 }
 
@@ -915,12 +928,9 @@ pub fn check_invariants() {
         while !p.is_null() {
             // SAFETY: pages in our queues are live descriptors in segments we own.
             let page = unsafe { &*p };
-            let seg = segment::lookup(page.area());
-            if seg.is_null() {
+            let Some(seg) = segment::lookup(page.area()) else {
                 fail("check_invariants: a queued page is in no live segment", page.area());
-            }
-            // SAFETY: the map says a live segment is there.
-            let seg = unsafe { &*seg };
+            };
             if seg.heap.get() != me || !page.in_use() || page.class() != class {
                 fail("check_invariants: a queued page is not ours, not in use, or in the wrong queue", page.area());
             }

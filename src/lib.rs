@@ -42,6 +42,7 @@ mod page;
 mod segment;
 mod size_class;
 mod stats;
+mod tls;
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::fmt::Write as _;
@@ -120,8 +121,7 @@ pub fn calloc(size: usize) -> *mut u8 {
 
 #[inline(always)]
 fn alloc_impl<const ZERO: bool>(size: usize) -> *mut u8 {
-    if size <= MAX_CLASS_SIZE
-        && size < mmap_threshold()
+    if size < options::small_limit()
         && let Some(heap) = heap::current()
     {
         return heap_alloc(heap, class_of(size), ZERO);
@@ -132,7 +132,9 @@ fn alloc_impl<const ZERO: bool>(size: usize) -> *mut u8 {
 /// A block of `class` from `heap`: the first page's free list, else the slow path.
 #[inline(always)]
 fn heap_alloc(heap: &heap::Heap, class: usize, zero: bool) -> *mut u8 {
-    let page = heap.bins[class].first();
+    debug_assert!(class < size_class::NCLASSES);
+    // SAFETY: `class_of` returns a class below NCLASSES.
+    let page = unsafe { heap.bins.get_unchecked(class) }.first();
     // SAFETY: pages in a heap's queues are live descriptors owned by this thread.
     if !page.is_null() && unsafe { !(*page).free.get().is_null() } {
         // SAFETY: as above.
@@ -232,13 +234,7 @@ fn offset_block(b: *mut u8, align: usize) -> *mut u8 {
 /// `p` must be null or a live block from this allocator.
 #[inline]
 pub unsafe fn free(p: *mut u8) {
-    let seg = segment::lookup(p);
-    if seg.is_null() {
-        return free_cold(p);
-    }
-    // SAFETY: the segment map says a live segment header is at `seg`; headers are only
-    // reached through shared references.
-    let seg = unsafe { &*seg };
+    let Some(seg) = segment::lookup(p) else { return free_cold(p) };
     let page = &seg.pages[seg.page_index(p)];
     let b = page.block_of(p);
     if seg.thread_id.load(Ordering::Relaxed) == os::thread_id() && !b.is_null() {
@@ -278,7 +274,11 @@ fn free_remote(seg: &segment::Segment, page: &page::Page, b: *mut Block, p: *mut
 #[cold]
 #[inline(never)]
 fn free_cold(p: *mut u8) {
-    if p.is_null() || large::free(p) {
+    if p.is_null() {
+        return;
+    }
+    let _errno = os::ErrnoGuard::new();
+    if large::free(p) {
         return;
     }
     msg::fatal_pointer("free(): invalid pointer", p);
@@ -301,10 +301,7 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
     if p.is_null() {
         return 0;
     }
-    let seg = segment::lookup(p);
-    if !seg.is_null() {
-        // SAFETY: the segment map says a live segment header is at this address.
-        let seg = unsafe { &*seg };
+    if let Some(seg) = segment::lookup(p) {
         let page = &seg.pages[seg.page_index(p)];
         let b = page.block_of(p as *mut u8);
         if b.is_null() {
@@ -335,7 +332,7 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
     if p.is_null() {
         return malloc(new_size);
     }
-    if segment::lookup(p).is_null() {
+    if segment::lookup(p).is_none() {
         if !large::owns(p) {
             msg::fatal_pointer("realloc(): invalid pointer", p);
         }
@@ -363,7 +360,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, align: usize, new_size: usize) -> *mut
     if fits_in_place(usable, new_size) {
         return p;
     }
-    let is_large = segment::lookup(p).is_null();
+    let is_large = segment::lookup(p).is_none();
     if is_large && align <= os::PAGE_SIZE && new_size >= mmap_threshold() / 2 {
         // SAFETY: a live large block whose alignment mremap keeps (it keeps the page offset).
         return unsafe { large::realloc(p, new_size) };

@@ -83,6 +83,25 @@ static VALUES: [AtomicUsize; SPECS.len()] = {
     v
 };
 
+/// Requests below this many bytes are served from a size class: the smaller of the mmap
+/// threshold and one more than the largest class, kept beside the threshold so the malloc
+/// fast path makes one comparison.
+static SMALL_LIMIT: AtomicUsize = AtomicUsize::new(128 << 10);
+
+/// Requests below this size come from a size class (see `SMALL_LIMIT`).
+#[inline(always)]
+pub fn small_limit() -> usize {
+    SMALL_LIMIT.load(Relaxed)
+}
+
+/// Stores a tunable, keeping `SMALL_LIMIT` in step with the mmap threshold.
+fn store(opt: Opt, value: usize) {
+    VALUES[opt as usize].store(value, Relaxed);
+    if opt == Opt::MmapThreshold {
+        SMALL_LIMIT.store(value.min(crate::size_class::MAX_CLASS_SIZE + 1), Relaxed);
+    }
+}
+
 /// Set once the program chose the mmap threshold, trim threshold, top pad or mmap max
 /// itself (environment, `mallopt`, Rust API): from then on the threshold no longer adapts.
 static FIXED: AtomicBool = AtomicBool::new(false);
@@ -102,8 +121,8 @@ pub fn adapt_threshold(len: usize) {
     if FIXED.load(Relaxed) || len <= get(Opt::MmapThreshold) || len > DYNAMIC_THRESHOLD_MAX {
         return;
     }
-    VALUES[Opt::MmapThreshold as usize].store(len, Relaxed);
-    VALUES[Opt::TrimThreshold as usize].store(2 * len, Relaxed);
+    store(Opt::MmapThreshold, len);
+    store(Opt::TrimThreshold, 2 * len);
 }
 
 /// The current value of a tunable.
@@ -118,7 +137,7 @@ pub fn set(opt: Opt, value: usize) -> bool {
     if value > spec.max {
         return false;
     }
-    VALUES[opt as usize].store(value, Relaxed);
+    store(opt, value);
     if fixes_threshold(opt) {
         FIXED.store(true, Relaxed);
     }
@@ -136,7 +155,7 @@ pub(crate) fn load_from_env() {
             let Some(text) = crate::os::getenv(name) else { continue };
             match parse_size(text) {
                 Some(v) if v <= spec.max => {
-                    VALUES[spec.opt as usize].store(v, Relaxed);
+                    store(spec.opt, v);
                     if fixes_threshold(spec.opt) {
                         FIXED.store(true, Relaxed);
                     }

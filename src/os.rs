@@ -174,6 +174,25 @@ pub fn errno() -> i32 {
     unsafe { *libc::__errno_location() }
 }
 
+/// Keeps the calling thread's errno across a slow path that may make system calls: `free`
+/// must leave errno as it found it (glibc guarantees it), and only its slow paths call the
+/// kernel, so only they pay for saving it.
+pub struct ErrnoGuard(i32);
+
+impl ErrnoGuard {
+    #[inline(always)]
+    pub fn new() -> Self {
+        ErrnoGuard(errno())
+    }
+}
+
+impl Drop for ErrnoGuard {
+    #[inline(always)]
+    fn drop(&mut self) {
+        set_errno(self.0);
+    }
+}
+
 /// Sets the calling thread's errno.
 pub fn set_errno(value: i32) {
     // SAFETY: __errno_location always returns the calling thread's errno slot.

@@ -45,7 +45,7 @@ pub struct Block {
 /// block copied elsewhere does not carry a valid mark.
 #[inline(always)]
 pub fn freed_mark(b: *const Block) -> usize {
-    (b as usize).rotate_left(29) ^ 0xA5C3_96E1_D24B_7F08
+    b as usize ^ 0xA5C3_96E1_D24B_7F08
 }
 
 impl Block {

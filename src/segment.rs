@@ -71,6 +71,9 @@ pub struct Segment {
     /// Owning heap (null when abandoned or huge).
     pub heap: Cell<*mut crate::heap::Heap>,
     pub kind: Kind,
+    /// log2 of the page size (`kind.page_shift()`), kept here so `free` finds the page with
+    /// one load.
+    pub page_shift: u8,
     /// Came from the mmap fallback rather than the program break.
     pub from_mmap: bool,
     /// Number of pages (1 << (SEGMENT_SHIFT - page_shift)).
@@ -113,6 +116,7 @@ impl Segment {
         unsafe {
             ptr::write_bytes(base, 0, size_of::<Segment>());
             ptr::addr_of_mut!((*seg).kind).write(kind);
+            ptr::addr_of_mut!((*seg).page_shift).write(kind.page_shift() as u8);
             ptr::addr_of_mut!((*seg).from_mmap).write(from_mmap);
             ptr::addr_of_mut!((*seg).page_count).write(page_count);
             ptr::addr_of_mut!((*seg).span_segments).write(span_segments);
@@ -136,7 +140,7 @@ impl Segment {
     /// Index of the page that holds `p`.
     #[inline(always)]
     pub fn page_index(&self, p: *const u8) -> usize {
-        page_index(self.kind, p)
+        ((p as usize) & SEGMENT_MASK) >> self.page_shift
     }
 
     /// Takes a free page (the lowest that was used before, else the lowest) and returns its
@@ -170,15 +174,10 @@ impl Segment {
     }
 
     /// Whether the segment map says a live segment starts here.
+    #[cfg(debug_assertions)]
     pub fn is_mapped(&self) -> bool {
-        !lookup(self as *const Segment as *const u8).is_null()
+        lookup(self as *const Segment as *const u8).is_some()
     }
-}
-
-/// Index of the page that holds `p` in a segment of `kind`.
-#[inline(always)]
-pub fn page_index(kind: Kind, p: *const u8) -> usize {
-    ((p as usize) & SEGMENT_MASK) >> kind.page_shift()
 }
 
 /// The segment that would hold `p` (not yet checked to exist).
@@ -203,17 +202,19 @@ fn map_set(base: usize, live: bool) {
     }
 }
 
-/// The live segment that holds `p`, or null if `p` is not inside the first segment of one
+/// The live segment that holds `p`, or None if `p` is not inside the first segment of one
 /// of ours.
 #[inline(always)]
-pub fn lookup(p: *const u8) -> *mut Segment {
+pub fn lookup(p: *const u8) -> Option<&'static Segment> {
     let idx = (p as usize) >> SEGMENT_SHIFT;
     if idx >= MAP_BITS {
-        return ptr::null_mut();
+        return None;
     }
     let word = SEGMENT_MAP[idx / 64].load(Ordering::Relaxed);
     if word & (1u64 << (idx % 64)) == 0 {
-        return ptr::null_mut();
+        return None;
     }
-    segment_base(p) as *mut Segment
+    // SAFETY: the map marks only addresses where a live segment header is (never 0: no
+    // mapping starts at address 0); headers are only reached through shared references.
+    Some(unsafe { &*(segment_base(p) as *const Segment) })
 }

@@ -6,9 +6,31 @@ pub const NCLASSES: usize = 56;
 /// Largest block size served from a size class.
 pub const MAX_CLASS_SIZE: usize = 512 << 10;
 
+/// Requests up to this size find their class in a table.
+const TABLE_MAX: usize = 1024;
+
+/// Class of every request up to `TABLE_MAX` bytes, by `(size + 15) / 16`.
+static CLASS_TABLE: [u8; TABLE_MAX / 16 + 1] = {
+    let mut t = [0u8; TABLE_MAX / 16 + 1];
+    let mut i = 1;
+    while i < t.len() {
+        t[i] = class_by_rule(i * 16) as u8;
+        i += 1;
+    }
+    t
+};
+
 /// The size class for a request of `size` bytes (`size <= MAX_CLASS_SIZE`).
 #[inline(always)]
 pub fn class_of(size: usize) -> usize {
+    if size <= TABLE_MAX {
+        return CLASS_TABLE[size.div_ceil(16)] as usize;
+    }
+    class_by_rule(size)
+}
+
+/// The size class for `size` bytes, computed.
+const fn class_by_rule(size: usize) -> usize {
     if size <= 128 {
         return (size.saturating_sub(1)) >> 4;
     }

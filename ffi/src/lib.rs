@@ -37,13 +37,9 @@ pub extern "C" fn malloc(size: usize) -> *mut c_void {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn free(p: *mut c_void) {
-    if p.is_null() {
-        return;
-    }
-    let saved = tide::errno();
-    // SAFETY: the caller passes a block from this allocator (or gets a clear abort).
+    // SAFETY: the caller passes null or a block from this allocator (or gets a clear abort).
+    // errno is kept: the core saves it on the slow paths that make system calls.
     unsafe { tide::free(p.cast()) };
-    tide::set_errno(saved);
 }
 
 #[unsafe(no_mangle)]

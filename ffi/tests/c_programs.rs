@@ -319,3 +319,21 @@ fn cxx_new_delete() {
     let r = exec(&bin, &[], Via::Link, 120);
     assert_passed(&r, "newdelete (-ltidemalloc)", "newdelete: all");
 }
+
+// ---- dlopen.c ----
+
+/// The library loaded with dlopen: its initial-exec thread-local word fits glibc's static
+/// TLS surplus, and threads calling it directly each get their own heap.
+#[test]
+fn loaded_with_dlopen() {
+    if !gcc("loaded_with_dlopen") {
+        return;
+    }
+    // Compiled plain (not linked against the library), run without LD_PRELOAD.
+    let bin = compile("dlopen.c", Via::Preload);
+    let lib = lib();
+    let mut cmd = Command::new(&bin);
+    clean_env(cmd.arg(&lib.so));
+    let r = run(&mut cmd, Duration::from_secs(60));
+    assert_passed(&r, "dlopen.c", "dlopen: ok");
+}

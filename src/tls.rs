@@ -1,0 +1,80 @@
+//! The calling thread's heap pointer, in one word of initial-exec thread-local storage.
+//!
+//! Rust's `thread_local!` in a shared object (libtidemalloc.so) uses the general-dynamic
+//! model: every access calls `__tls_get_addr`, about a dozen instructions on the malloc fast
+//! path. Here the word is declared in `.tbss` with assembly and read through its GOT entry
+//! (`@gottpoff`): one load from the GOT and one `fs:`-relative load, in an executable and a
+//! shared object alike. A shared object with initial-exec TLS needs room in glibc's static
+//! TLS block: preloaded, it is laid out with the executable's; loaded with `dlopen`, it takes
+//! 8 bytes of the surplus glibc reserves for exactly this (hundreds of bytes), which the
+//! `dlopen` test checks. The symbol is hidden, so two copies of tidemalloc in one process
+//! (a preloaded library and a Rust program's own) each keep their own word.
+//!
+//! Other architectures use `thread_local!`.
+
+#[cfg(target_arch = "x86_64")]
+mod imp {
+    core::arch::global_asm!(
+        ".pushsection .tbss,\"awT\",@nobits",
+        ".p2align 3",
+        ".hidden tidemalloc_thread_heap",
+        ".type tidemalloc_thread_heap,@object",
+        ".size tidemalloc_thread_heap,8",
+        "tidemalloc_thread_heap:",
+        ".zero 8",
+        ".popsection",
+    );
+
+    /// The word's value (null before the thread's first allocation).
+    #[inline(always)]
+    pub fn get() -> *mut u8 {
+        let v: *mut u8;
+        // SAFETY: reads the calling thread's copy of the TLS word declared above: its offset
+        // from the thread pointer comes from the GOT, and %fs is the thread pointer.
+        unsafe {
+            core::arch::asm!(
+                "mov {v}, qword ptr [rip + tidemalloc_thread_heap@GOTTPOFF]",
+                "mov {v}, qword ptr fs:[{v}]",
+                v = out(reg) v,
+                options(nostack, readonly, preserves_flags, pure),
+            );
+        }
+        v
+    }
+
+    /// Sets the word.
+    #[inline(always)]
+    pub fn set(value: *mut u8) {
+        // SAFETY: writes the calling thread's copy of the TLS word declared above.
+        unsafe {
+            core::arch::asm!(
+                "mov {t}, qword ptr [rip + tidemalloc_thread_heap@GOTTPOFF]",
+                "mov qword ptr fs:[{t}], {v}",
+                t = out(reg) _,
+                v = in(reg) value,
+                options(nostack, preserves_flags),
+            );
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod imp {
+    use core::cell::Cell;
+
+    thread_local! {
+        static WORD: Cell<*mut u8> = const { Cell::new(core::ptr::null_mut()) };
+    }
+
+    #[inline(always)]
+    pub fn get() -> *mut u8 {
+        WORD.get()
+    }
+
+    #[inline(always)]
+    pub fn set(value: *mut u8) {
+        WORD.set(value)
+    }
+}
+
+pub use imp::{get, set};
