@@ -32,7 +32,7 @@ use crate::size_class::{NCLASSES, class_size};
 use crate::stats::{self, LocalInUse};
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Pages of a size-class queue the slow path examines before taking a fresh page.
 const SEARCH_LIMIT: usize = 8;
@@ -400,6 +400,7 @@ impl Heap {
         self.in_use.flush();
         self.purge_pages_if_due();
         arena::purge_if_due();
+        purge_abandoned_if_due();
         crate::large::purge_if_due();
         let Some(page) = self.find_page(class) else { return ptr::null_mut() };
         self.pop_from(page, zero)
@@ -477,7 +478,9 @@ impl Heap {
         let mut segs = self.segs().lock();
         let seg = match segs.with_free_page(kind) {
             Some(seg) => seg,
-            None => match self.reclaim(&mut segs, kind) {
+            // The backup heap adopts nothing: abandoned segments are for live threads, which
+            // collect and give back their memory on their own slow paths.
+            None => match if self.thread_id.get() == BACKUP_TID { None } else { self.reclaim(&mut segs, kind) } {
                 Some(seg) => seg,
                 None => segs.new_segment(kind, self)?,
             },
@@ -727,6 +730,7 @@ impl HeapSegs {
                 seg.thread_id.store(0, Ordering::Release);
                 ABANDONED.lock().0.push_back(seg);
                 ABANDONED_COUNT.fetch_add(1, Ordering::Relaxed);
+                schedule_abandoned_purge();
             }
             self.empty[k] = 0;
         }
@@ -765,6 +769,57 @@ fn release_free_pages(seg: &Segment) -> Result<bool, ()> {
     }
     seg.fresh_mask.set(seg.fresh_mask.get() | released);
     if failed { Err(()) } else { Ok(released != 0) }
+}
+
+/// When the abandoned segments are next to be collected and their free memory released
+/// (ms), 0 when none is pending.
+static ABANDONED_PURGE_AT: AtomicU64 = AtomicU64::new(0);
+
+/// Makes sure the abandoned segments are collected within the purge delay: blocks that live
+/// threads free into the segments of an exited one go back to the OS like any other.
+fn schedule_abandoned_purge() {
+    let at = os::now_ms() + options::get(Opt::PurgeDelay) as u64;
+    let _ = ABANDONED_PURGE_AT.compare_exchange(0, at.max(1), Ordering::Relaxed, Ordering::Relaxed);
+}
+
+/// Collects the abandoned segments and the backup heap once the purge delay has passed
+/// (cheap when not due), from any thread's slow path: frees what is empty, releases free
+/// pages, and schedules the next round while any remain.
+fn purge_abandoned_if_due() {
+    let at = ABANDONED_PURGE_AT.load(Ordering::Relaxed);
+    if at == 0 || os::now_ms() < at {
+        return;
+    }
+    if ABANDONED_PURGE_AT.compare_exchange(at, 0, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        return; // another thread took this round
+    }
+    let _errno = os::ErrnoGuard::new();
+    trim_abandoned();
+    trim_backup();
+    if ABANDONED_COUNT.load(Ordering::Relaxed) != 0 || backup_holds_memory() {
+        schedule_abandoned_purge();
+    }
+}
+
+/// Collects the backup heap's pages (every free into them is a cross-thread free, which
+/// only a collection gives back) and releases its empty pages and segments. True if any
+/// memory was returned. Skipped when the backup heap is busy.
+fn trim_backup() -> bool {
+    let Some(b) = BACKUP.try_lock() else { return false };
+    if b.0.is_null() {
+        return false;
+    }
+    // SAFETY: the backup heap is only used under its lock, which we hold.
+    let heap = unsafe { &*b.0 };
+    let released = heap.release_empty_pages();
+    heap.segs().lock().trim() || released
+}
+
+/// Whether the backup heap owns any segment.
+fn backup_holds_memory() -> bool {
+    let Some(b) = BACKUP.try_lock() else { return true };
+    // SAFETY: as in `trim_backup`.
+    !b.0.is_null() && unsafe { (*b.0).segs().lock().queues.iter().any(|q| !q.first().is_null()) }
 }
 
 /// Takes the first segment off the abandoned list (None if empty or the lock is busy).
@@ -882,6 +937,7 @@ pub fn trim(pad: usize) -> bool {
         }
     });
     released |= trim_abandoned();
+    released |= trim_backup();
     released |= crate::large::flush_cache();
     released |= arena::trim(pad);
     released

@@ -14,25 +14,38 @@
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
-    core::arch::global_asm!(
-        ".pushsection .tbss,\"awT\",@nobits",
-        ".p2align 3",
-        ".hidden tidemalloc_thread_heap",
-        ".type tidemalloc_thread_heap,@object",
-        ".size tidemalloc_thread_heap,8",
-        "tidemalloc_thread_heap:",
-        ".zero 8",
-        ".popsection",
-    );
+    // Each access below carries the word's definition, guarded by `.ifndef` so an object
+    // file defines it once, and weak so the objects of one link share it. (A definition in
+    // `global_asm!` alone is invisible to the archive index of an rlib, and a program linked
+    // without LTO would miss it.)
+    macro_rules! define_word {
+        () => {
+            concat!(
+                ".ifndef tidemalloc_thread_heap\n",
+                ".pushsection .tbss.tidemalloc_thread_heap,\"awT\",@nobits\n",
+                ".p2align 3\n",
+                ".weak tidemalloc_thread_heap\n",
+                ".hidden tidemalloc_thread_heap\n",
+                ".type tidemalloc_thread_heap,@object\n",
+                ".size tidemalloc_thread_heap,8\n",
+                "tidemalloc_thread_heap:\n",
+                ".zero 8\n",
+                ".popsection\n",
+                ".endif\n",
+            )
+        };
+    }
 
     /// The word's value (null before the thread's first allocation).
     #[inline(always)]
+    #[allow(named_asm_labels)] // the label is defined once per object: see `define_word`
     pub fn get() -> *mut u8 {
         let v: *mut u8;
-        // SAFETY: reads the calling thread's copy of the TLS word declared above: its offset
+        // SAFETY: reads the calling thread's copy of the TLS word defined here: its offset
         // from the thread pointer comes from the GOT, and %fs is the thread pointer.
         unsafe {
             core::arch::asm!(
+                define_word!(),
                 "mov {v}, qword ptr [rip + tidemalloc_thread_heap@GOTTPOFF]",
                 "mov {v}, qword ptr fs:[{v}]",
                 v = out(reg) v,
@@ -44,10 +57,12 @@ mod imp {
 
     /// Sets the word.
     #[inline(always)]
+    #[allow(named_asm_labels)] // as in `get`
     pub fn set(value: *mut u8) {
-        // SAFETY: writes the calling thread's copy of the TLS word declared above.
+        // SAFETY: writes the calling thread's copy of the TLS word defined here.
         unsafe {
             core::arch::asm!(
+                define_word!(),
                 "mov {t}, qword ptr [rip + tidemalloc_thread_heap@GOTTPOFF]",
                 "mov qword ptr fs:[{t}], {v}",
                 t = out(reg) _,

@@ -1,0 +1,135 @@
+//! Memory that threads leave behind goes back to the OS:
+//! - blocks of an exited thread, freed later by another thread, are released within the
+//!   purge delay while the program keeps allocating, with no trim call;
+//! - blocks that thread-exit destructors allocated (after tidemalloc's own exit handler, so
+//!   from the backup heap) and that other threads freed are released by `trim(0)` too.
+//!
+//! Each case runs in a child process so RSS is its own (read from /proc/self/statm).
+
+use std::time::{Duration, Instant};
+use tidemalloc::{free, malloc, trim};
+
+#[global_allocator]
+static A: tidemalloc::TideMalloc = tidemalloc::TideMalloc;
+
+mod common;
+use common::rss;
+
+const MIB: usize = 1 << 20;
+
+fn run(name: &str) {
+    let out = common::run_child(name, name);
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "child failed: {}", common::describe(&out));
+}
+
+/// `bytes` worth of 1000-byte blocks, every page touched.
+fn fill(bytes: usize) -> Vec<usize> {
+    (0..bytes / 1000)
+        .map(|i| {
+            let p = malloc(1000);
+            assert!(!p.is_null());
+            // SAFETY: a fresh block of 1000 bytes.
+            unsafe { p.write_bytes(i as u8, 1000) };
+            p as usize
+        })
+        .collect()
+}
+
+fn free_all(v: Vec<usize>) {
+    for p in v {
+        // SAFETY: live blocks of ours.
+        unsafe { free(p as *mut u8) };
+    }
+}
+
+/// Keeps allocating and freeing (small blocks of a few sizes, so slow paths run) for `d`.
+fn keep_busy(d: Duration) {
+    let t0 = Instant::now();
+    let mut i = 0usize;
+    while t0.elapsed() < d {
+        let v: Vec<usize> = (0..256).map(|k| malloc(16 + (i + k) % 300) as usize).collect();
+        free_all(v);
+        i += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn exited_threads_memory_freed_later_goes_back_without_trim() {
+    const NAME: &str = "exited_threads_memory_freed_later_goes_back_without_trim";
+    if common::is_child(NAME) {
+        let base = rss();
+        let blocks = std::thread::spawn(|| fill(200 * MIB)).join().unwrap();
+        let full = rss();
+        assert!(full > base + 150 * MIB, "set-up: RSS only went from {base} to {full}");
+        free_all(blocks);
+        keep_busy(Duration::from_millis(2500));
+        let after = rss();
+        eprintln!(
+            "RSS: {} MiB at start, {} MiB full, {} MiB 2.5 s after the frees",
+            base / MIB,
+            full / MIB,
+            after / MIB
+        );
+        assert!(after < base + 40 * MIB, "RSS stayed at {} MiB (start {} MiB)", after / MIB, base / MIB);
+        return;
+    }
+    run(NAME);
+}
+
+/// Key destructor that allocates: created after tidemalloc's key, so it runs after
+/// tidemalloc's exit handler and allocates from the backup heap.
+extern "C" fn late_destructor(arg: *mut libc::c_void) {
+    // Allocate a lot in the destructor (the backup heap serves it) and leave it for the main
+    // thread to free.
+    let v = fill(20 * MIB);
+    let boxed = Box::new(v);
+    // SAFETY: `arg` is the Sender the thread stored.
+    let tx = unsafe { Box::from_raw(arg.cast::<std::sync::mpsc::Sender<Box<Vec<usize>>>>()) };
+    let _ = tx.send(boxed);
+}
+
+#[test]
+fn backup_heap_memory_goes_back_to_trim() {
+    const NAME: &str = "backup_heap_memory_goes_back_to_trim";
+    if common::is_child(NAME) {
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: a valid out-pointer and destructor.
+        assert_eq!(unsafe { libc::pthread_key_create(&mut key, Some(late_destructor)) }, 0);
+        let base = rss();
+        let (tx, rx) = std::sync::mpsc::channel::<Box<Vec<usize>>>();
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                // Leave some memory in abandoned segments too.
+                let v = fill(10 * MIB);
+                let ptr = Box::into_raw(Box::new(tx));
+                // SAFETY: the key is valid; the destructor takes ownership of the sender.
+                unsafe { libc::pthread_setspecific(key, ptr.cast()) };
+                v
+            })
+            .join()
+            .map(|v| held.push(v))
+            .unwrap();
+        }
+        drop(tx);
+        let late: Vec<Box<Vec<usize>>> = rx.iter().collect();
+        assert_eq!(late.len(), 3, "set-up: the late destructors did not all run");
+        let full = rss();
+        for v in held {
+            free_all(v);
+        }
+        for v in late {
+            free_all(*v);
+        }
+        trim(0);
+        let after = rss();
+        eprintln!("RSS: {} MiB at start, {} MiB full, {} MiB after free and trim", base / MIB, full / MIB, after / MIB);
+        assert!(full > base + 60 * MIB, "set-up: RSS only went from {base} to {full}");
+        assert!(after < base + 16 * MIB, "trim left {} MiB (start {} MiB)", after / MIB, base / MIB);
+        return;
+    }
+    run(NAME);
+}
