@@ -30,6 +30,8 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod arena;
+#[cfg(feature = "override")]
+pub mod c_api;
 mod heap;
 mod large;
 mod list;
