@@ -435,6 +435,13 @@ pub fn trim(pad: usize) -> bool {
     heap::trim(pad)
 }
 
+/// Whether the arena moves the program break: only when the process's `malloc` is
+/// tidemalloc's (LD_PRELOAD, linked, or the `override` feature); otherwise its segments come
+/// from anonymous mappings and glibc's malloc owns the break.
+pub fn uses_brk() -> bool {
+    arena::uses_brk()
+}
+
 /// The address range of tidemalloc's current run of the program break (start, end).
 pub fn brk_range() -> (usize, usize) {
     arena::brk_run()
@@ -485,8 +492,10 @@ extern "C" fn print_stats_at_exit() {
     write_stats(2);
 }
 
-/// Called once initialisation is published: registers what needs registering.
+/// Called once initialisation is published: registers what needs registering, and decides
+/// whether the arena may move the program break (see `arena`).
 fn after_init() {
+    arena::decide_brk();
     if options::get(Opt::ShowStats) != 0 {
         // SAFETY: the handler has the required signature; atexit may allocate, which works
         // once initialisation is done.

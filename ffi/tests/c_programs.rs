@@ -12,6 +12,7 @@
 //! - `thread_exit.c`: 2000 threads exiting with live blocks, racing exits, key destructors
 //!   that allocate after tidemalloc's exit handler;
 //! - `abort.c`: misuse dies by SIGABRT with a message naming tidemalloc, free and the pointer;
+//! - `dlopen.c`: the library loaded with dlopen leaves the program break to glibc's malloc;
 //! - `oom.c`: RLIMIT_AS/RLIMIT_DATA exhaustion through every entry point, then recovery;
 //! - `newdelete.cpp`: C++ new/delete, sized and aligned forms, containers, threads.
 //!
@@ -290,6 +291,23 @@ fn abort_large_double_free() {
 #[test]
 fn abort_interior_pointer_in_aligned_page() {
     abort_mode("interior-aligned");
+}
+
+// ---- dlopen.c ----
+
+/// Loaded with dlopen, tidemalloc is not the process's malloc: glibc's owns the break, and
+/// tidemalloc must not move it.
+#[test]
+fn dlopened_library_leaves_the_break_to_glibc() {
+    if !gcc("dlopened_library_leaves_the_break_to_glibc") {
+        return;
+    }
+    let lib = lib();
+    let bin = compile("dlopen.c", Via::Preload);
+    let mut cmd = Command::new(&bin);
+    clean_env(cmd.arg(&lib.so));
+    let r = run(&mut cmd, Duration::from_secs(60));
+    assert_passed(&r, "dlopen", "dlopen: ok");
 }
 
 // ---- oom.c ----

@@ -92,6 +92,12 @@ static void test_loaded(void) {
     struct tidemalloc_stats s = stats();
     CHECK(p && s.in_use >= 100, "malloc(100) is counted by tidemalloc (in_use=%zu)", s.in_use);
     free(p);
+    /* tidemalloc is the process's malloc here, so its arena is in the program break. */
+    static void *fill_arena[2048];
+    for (int i = 0; i < 2048; i++) fill_arena[i] = malloc(4000);
+    s = stats();
+    CHECK(s.reserved_brk > 0 && s.brk_calls > 0, "the arena is in the program break (reserved_brk %zu)", s.reserved_brk);
+    for (int i = 0; i < 2048; i++) free(fill_arena[i]);
     /* Before any large block is freed (which may raise it, as glibc's dynamic threshold). */
     CHECK(tidemalloc_get_mmap_threshold() == 128 * KiB, "default mmap threshold is 128 KiB (%zu)",
           tidemalloc_get_mmap_threshold());
