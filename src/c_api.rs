@@ -13,9 +13,10 @@
 // The exported names are C's.
 #![allow(clippy::missing_safety_doc)]
 
-use core::ffi::{c_int, c_void};
-use core::ptr;
 use crate::Opt;
+use core::ffi::{c_int, c_long, c_void};
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
 
 const PAGE: usize = 4096;
 /// Largest request any entry point accepts (glibc refuses sizes above PTRDIFF_MAX).
@@ -34,15 +35,67 @@ fn done(p: *mut u8) -> *mut c_void {
     if p.is_null() { enomem() } else { p.cast() }
 }
 
+// ---- M_PERTURB ----
+
+/// glibc's perturb byte (`mallopt(M_PERTURB, c)`, `MALLOC_PERTURB_=c`): 0 is off. With `c`
+/// set, `malloc`ed memory (not `calloc`'s) is filled with `c ^ 0xff` and freed memory with
+/// `c`. One relaxed byte load on the fast paths when off.
+static PERTURB: AtomicU8 = AtomicU8::new(0);
+/// Whether `MALLOC_PERTURB_` was read (once, at the first call that finds init done).
+static PERTURB_ENV_READ: AtomicBool = AtomicBool::new(false);
+
+#[cold]
+#[inline(never)]
+fn perturb_alloc(p: *mut u8, size: usize) -> *mut u8 {
+    let c = PERTURB.load(Relaxed);
+    // Large blocks (own mappings) are fresh zeroed pages: glibc does not fill those either.
+    if c != 0 && !p.is_null() && !crate::segment::lookup(p).is_null() {
+        // SAFETY: `p` is a fresh arena block of at least `size` bytes.
+        unsafe { ptr::write_bytes(p, c ^ 0xff, size) };
+    }
+    p
+}
+
+/// Fills the arena block `p` with the perturb byte before it is freed: the whole usable
+/// size; the core's free then writes its own link words (the first 16 bytes).
+#[cold]
+#[inline(never)]
+fn perturb_free(p: *mut u8) {
+    let c = PERTURB.load(Relaxed);
+    if c != 0 && !crate::segment::lookup(p).is_null() {
+        // SAFETY: the caller frees `p`, a live block (usable_size aborts on a bad pointer).
+        unsafe { ptr::write_bytes(p, c, crate::usable_size(p)) };
+    }
+}
+
+/// Reads `MALLOC_PERTURB_` (a number 0..=255, as glibc's tunable; others are ignored).
+pub(crate) fn load_perturb_env() {
+    if PERTURB_ENV_READ.swap(true, Relaxed) {
+        return;
+    }
+    if let Some(v) = crate::os::getenv(b"MALLOC_PERTURB_").and_then(crate::options::parse_size)
+        && v <= 0xff
+    {
+        PERTURB.store(v as u8, Relaxed);
+    }
+}
+
 #[unsafe(no_mangle)]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
-    done(crate::malloc(size))
+    let p = crate::malloc(size);
+    if PERTURB.load(Relaxed) != 0 {
+        return done(perturb_alloc(p, size));
+    }
+    done(p)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn free(p: *mut c_void) {
     if p.is_null() {
         return;
+    }
+    if PERTURB.load(Relaxed) != 0 {
+        perturb_free(p.cast());
     }
     let saved = crate::errno();
     // SAFETY: the caller passes a block from this allocator (or gets a clear abort).
@@ -85,12 +138,17 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, count: usize, size: usize)
     }
 }
 
-/// Aligned allocation shared by the memalign family; `align` is a power of two.
+/// Aligned allocation shared by the memalign family; `align` is a power of two. An alignment
+/// or size no block can meet is ENOMEM, as in glibc.
 fn aligned(align: usize, size: usize) -> *mut c_void {
     if size > MAX_REQUEST || align > MAX_REQUEST {
         return enomem();
     }
-    done(crate::aligned_alloc(align, size))
+    let p = crate::aligned_alloc(align, size);
+    if PERTURB.load(Relaxed) != 0 {
+        return done(perturb_alloc(p, size));
+    }
+    done(p)
 }
 
 #[unsafe(no_mangle)]
@@ -98,9 +156,8 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
     if !align.is_power_of_two() || !align.is_multiple_of(size_of::<*mut c_void>()) {
         return libc::EINVAL;
     }
-    let saved = crate::errno();
+    // Out of memory leaves errno at ENOMEM, as glibc's does.
     let p = aligned(align, size);
-    crate::set_errno(saved);
     if p.is_null() {
         return libc::ENOMEM;
     }
@@ -111,17 +168,19 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
 
 #[unsafe(no_mangle)]
 pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
-    if align != 0 && !align.is_power_of_two() {
+    // C17, as glibc 2.38+: an alignment that is not a power of two (0 included) is EINVAL.
+    if !align.is_power_of_two() {
         crate::set_errno(libc::EINVAL);
         return ptr::null_mut();
     }
-    aligned(align.max(1), size)
+    aligned(align, size)
 }
 
 #[unsafe(no_mangle)]
 pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
-    // glibc rounds a non-power-of-two alignment up to the next power of two.
-    if align > MAX_REQUEST / 2 + 1 {
+    // glibc rounds a non-power-of-two alignment up to the next power of two; above 2^63 there
+    // is none (EINVAL); an alignment no block can meet is ENOMEM (in `aligned`).
+    if align > usize::MAX / 2 + 1 {
         crate::set_errno(libc::EINVAL);
         return ptr::null_mut();
     }
@@ -161,24 +220,78 @@ pub unsafe extern "C" fn free_aligned_sized(p: *mut c_void, _align: usize, _size
     unsafe { free(p) }
 }
 
+// ---- glibc's aliases: code that calls these and frees with `free` must keep working ----
+
+#[unsafe(no_mangle)]
+pub extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
+    malloc(size)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __libc_free(p: *mut c_void) {
+    // SAFETY: forwarded contract.
+    unsafe { free(p) }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn __libc_calloc(count: usize, size: usize) -> *mut c_void {
+    calloc(count, size)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: forwarded contract.
+    unsafe { realloc(p, size) }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn __libc_memalign(align: usize, size: usize) -> *mut c_void {
+    memalign(align, size)
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn __libc_valloc(size: usize) -> *mut c_void {
+    valloc(size)
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn __libc_pvalloc(size: usize) -> *mut c_void {
+    pvalloc(size)
+}
+
 // ---- glibc's tuning and introspection ----
 
+const M_MXFAST: c_int = 1;
 const M_TRIM_THRESHOLD: c_int = -1;
 const M_TOP_PAD: c_int = -2;
 const M_MMAP_THRESHOLD: c_int = -3;
 const M_MMAP_MAX: c_int = -4;
+const M_CHECK_ACTION: c_int = -5;
+const M_PERTURB: c_int = -6;
+const M_ARENA_TEST: c_int = -7;
+const M_ARENA_MAX: c_int = -8;
+/// glibc's largest M_MXFAST (80 * sizeof(size_t) / 4).
+const MAX_FAST_SIZE: usize = 80 * size_of::<usize>() / 4;
 
+/// glibc 2.36's `mallopt`: 1 for every parameter, known or not, except M_MXFAST above its
+/// maximum (0). glibc converts the value to `size_t` (so -1 means "no limit") except for
+/// M_MMAP_MAX (an int: a negative maximum allows no mapping) and M_PERTURB (a byte). Values
+/// beyond tidemalloc's range are clamped to it. What each does here: see the README.
 #[unsafe(no_mangle)]
 pub extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
-    let Ok(v) = usize::try_from(value) else { return 0 };
-    let opt = match param {
-        M_TRIM_THRESHOLD => Opt::TrimThreshold,
-        M_TOP_PAD => Opt::TopPad,
-        M_MMAP_THRESHOLD => Opt::MmapThreshold,
-        M_MMAP_MAX => Opt::MmapMax,
-        _ => return 0,
-    };
-    crate::set_option(opt, v) as c_int
+    let unsigned = value as c_long as usize;
+    match param {
+        M_MXFAST => return (unsigned <= MAX_FAST_SIZE) as c_int,
+        M_TRIM_THRESHOLD => crate::options::set_clamped(Opt::TrimThreshold, unsigned),
+        M_TOP_PAD => crate::options::set_clamped(Opt::TopPad, unsigned),
+        M_MMAP_THRESHOLD => crate::options::set_clamped(Opt::MmapThreshold, unsigned),
+        M_MMAP_MAX => crate::options::set_clamped(Opt::MmapMax, value.max(0) as usize),
+        M_PERTURB => PERTURB.store(value as u8, Relaxed),
+        // Nothing to do: tidemalloc has one heap per thread and always aborts on misuse.
+        M_CHECK_ACTION | M_ARENA_TEST | M_ARENA_MAX => {}
+        _ => {}
+    }
+    1
 }
 
 #[unsafe(no_mangle)]
@@ -218,18 +331,21 @@ pub struct Mallinfo {
 
 #[unsafe(no_mangle)]
 pub extern "C" fn mallinfo2() -> Mallinfo2 {
+    // As glibc's: the arena (brk and mmap'ed segments) apart from the mmap'ed large blocks;
+    // uordblks + fordblks == arena; usmblks is always 0.
     let s = crate::stats();
-    let held = s.reserved_brk + s.reserved_mmap;
+    let arena = s.reserved_brk + s.reserved_arena_mmap;
+    let used = s.in_use.saturating_sub(s.large_bytes).min(arena);
     Mallinfo2 {
-        arena: s.reserved_brk,
+        arena,
         ordblks: 0,
         smblks: 0,
         hblks: s.large_blocks,
-        hblkhd: s.reserved_mmap,
-        usmblks: s.peak_in_use,
+        hblkhd: s.large_bytes,
+        usmblks: 0,
         fsmblks: 0,
-        uordblks: s.in_use,
-        fordblks: held.saturating_sub(s.in_use),
+        uordblks: used,
+        fordblks: arena - used,
         keepcost: 0,
     }
 }

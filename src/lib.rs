@@ -307,6 +307,15 @@ fn bad_free(b: *mut Block, p: *mut u8) -> ! {
 /// # Safety
 /// `p` must be null or a live block from this allocator.
 pub unsafe fn usable_size(p: *const u8) -> usize {
+    // SAFETY: forwarded contract.
+    unsafe { usable_size_or_die(p, "malloc_usable_size(): invalid pointer") }
+}
+
+/// [`usable_size`], naming `what` (the caller's function) when `p` is not a block.
+///
+/// # Safety
+/// As for [`usable_size`].
+unsafe fn usable_size_or_die(p: *const u8, what: &str) -> usize {
     if p.is_null() {
         return 0;
     }
@@ -317,7 +326,7 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
         let page = &seg.pages[segment::page_index(seg.kind, p)];
         let b = page.block_of(p as *mut u8);
         if b.is_null() {
-            msg::fatal_pointer("malloc_usable_size(): invalid pointer", p);
+            msg::fatal_pointer(what, p);
         }
         return page.usable_from(b, p as *mut u8);
     }
@@ -325,7 +334,7 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
         // SAFETY: `p` is a live large block.
         return unsafe { large::usable_size(p) };
     }
-    msg::fatal_pointer("malloc_usable_size(): invalid pointer", p)
+    msg::fatal_pointer(what, p)
 }
 
 /// Whether a block of `usable` bytes should serve `new_size` in place.
@@ -354,7 +363,7 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
         }
     }
     // SAFETY: `p` is a live block (small, huge, or large being moved into the arena).
-    let usable = unsafe { usable_size(p) };
+    let usable = unsafe { usable_size_or_die(p, "realloc(): invalid pointer") };
     if fits_in_place(usable, new_size) {
         return p;
     }
@@ -368,7 +377,7 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
 /// `p` must be a live block from this allocator, allocated with alignment `align`.
 pub unsafe fn realloc_aligned(p: *mut u8, align: usize, new_size: usize) -> *mut u8 {
     // SAFETY: per the contract.
-    let usable = unsafe { usable_size(p) };
+    let usable = unsafe { usable_size_or_die(p, "realloc(): invalid pointer") };
     if fits_in_place(usable, new_size) {
         return p;
     }
@@ -496,6 +505,8 @@ extern "C" fn print_stats_at_exit() {
 /// whether the arena may move the program break (see `arena`).
 fn after_init() {
     arena::decide_brk();
+    #[cfg(feature = "override")]
+    c_api::load_perturb_env();
     if options::get(Opt::ShowStats) != 0 {
         // SAFETY: the handler has the required signature; atexit may allocate, which works
         // once initialisation is done.

@@ -49,7 +49,8 @@ const SPECS: [Spec; 8] = [
     Spec {
         opt: Opt::TrimThreshold,
         default: 128 << 10,
-        max: usize::MAX / 2,
+        // usize::MAX: never trim on free (mallopt(M_TRIM_THRESHOLD, -1)).
+        max: usize::MAX,
         env: b"TIDEMALLOC_TRIM_THRESHOLD",
         glibc_env: b"MALLOC_TRIM_THRESHOLD_",
     },
@@ -125,6 +126,11 @@ pub fn set(opt: Opt, value: usize) -> bool {
     true
 }
 
+/// Sets a tunable to `value`, or to its maximum if `value` is beyond it (mallopt's -1).
+pub fn set_clamped(opt: Opt, value: usize) {
+    set(opt, value.min(SPECS[opt as usize].max));
+}
+
 /// Reads every tunable from the environment: the glibc name first, then tidemalloc's own,
 /// which wins when both are set.
 pub(crate) fn load_from_env() {
@@ -181,7 +187,19 @@ pub fn parse_size(text: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{Opt, get, parse_size, set, set_clamped};
+
+    /// mallopt's -1 (usize::MAX): a trim threshold of "no limit" (never trim on free), other
+    /// options at their maximum.
+    #[test]
+    fn clamped_values() {
+        let (t, m) = (get(Opt::TrimThreshold), get(Opt::MmapThreshold));
+        set_clamped(Opt::TrimThreshold, usize::MAX);
+        assert_eq!(get(Opt::TrimThreshold), usize::MAX);
+        set_clamped(Opt::MmapThreshold, usize::MAX);
+        assert_eq!(get(Opt::MmapThreshold), super::MAX_MMAP_THRESHOLD);
+        assert!(set(Opt::TrimThreshold, t) && set(Opt::MmapThreshold, m));
+    }
 
     #[test]
     fn sizes_with_suffixes() {

@@ -4,6 +4,8 @@
 //!
 //! - `api.c`: every exported function and glibc's edge cases (preloaded and linked);
 //!   `api beyond-memory`: requests larger than RAM + swap fail;
+//! - `glibc_compare.c`: mallopt's answers, errno of the memalign family and M_PERTURB,
+//!   compared line by line with the same program's output on glibc;
 //! - `stress.c`: 8 threads, > 1 million random operations, blocks freed by other threads
 //!   (preloaded and linked);
 //! - `fork.c`: 300 forks while 4 threads allocate and use stdio; again with the threads
@@ -152,6 +154,58 @@ fn api_beyond_memory() {
     assert_passed(&r, "api beyond-memory", "api beyond-memory: all");
 }
 
+// ---- glibc_compare.c ----
+
+/// Runs `glibc_compare ARGS` once on glibc and once preloaded, and checks the outputs match.
+fn same_as_glibc(args: &[&str], env: &[(&str, &str)]) {
+    let lib = lib();
+    let bin = compile("glibc_compare.c", Via::Preload);
+    let mut outs = Vec::new();
+    for preload in [false, true] {
+        let mut cmd = Command::new(&bin);
+        clean_env(cmd.args(args));
+        cmd.envs(env.iter().copied());
+        if preload {
+            cmd.env("LD_PRELOAD", &lib.so);
+        }
+        let r = run(&mut cmd, Duration::from_secs(60));
+        assert!(r.success(), "glibc_compare {args:?} (preload {preload}) failed:\n{}", r.tail(20));
+        outs.push(r.stdout);
+    }
+    let (glibc, tide) = (&outs[0], &outs[1]);
+    let diff: Vec<String> = glibc
+        .lines()
+        .zip(tide.lines())
+        .filter(|(g, t)| g != t)
+        .map(|(g, t)| format!("  glibc:      {g}\n  tidemalloc: {t}"))
+        .collect();
+    assert!(
+        diff.is_empty() && glibc.lines().count() == tide.lines().count(),
+        "tidemalloc answers differently from glibc ({} lines differ):\n{}",
+        diff.len(),
+        diff.join("\n")
+    );
+    eprintln!("glibc_compare {args:?}: {} lines, all as glibc's", glibc.lines().count());
+}
+
+/// mallopt's return values, the memalign family's errno, M_PERTURB: as glibc 2.36.
+#[test]
+fn mallopt_errno_and_perturb_as_glibc() {
+    if !gcc("mallopt_errno_and_perturb_as_glibc") {
+        return;
+    }
+    same_as_glibc(&[], &[]);
+}
+
+/// MALLOC_PERTURB_ in the environment, as glibc.
+#[test]
+fn malloc_perturb_env_as_glibc() {
+    if !gcc("malloc_perturb_env_as_glibc") {
+        return;
+    }
+    same_as_glibc(&["perturb-env"], &[("MALLOC_PERTURB_", "90")]);
+}
+
 // ---- stress.c ----
 
 fn check_stress(r: &Run, what: &str) {
@@ -239,20 +293,26 @@ fn thread_exit() {
 // ---- abort.c ----
 
 fn abort_mode(mode: &str) {
+    abort_mode_naming(mode, "free");
+}
+
+/// Runs `abort MODE` and checks it died of SIGABRT with a message naming tidemalloc, `func`
+/// and the pointer the program printed after "freeing" (or "reallocing").
+fn abort_mode_naming(mode: &str, func: &str) {
     if !gcc(&format!("abort {mode}")) {
         return;
     }
     let bin = compile("abort.c", Via::Preload);
     let r = exec(&bin, &[mode], Via::Preload, 60);
     assert_eq!(r.status.signal(), Some(SIGABRT), "abort {mode}: not killed by SIGABRT:\n{}", r.tail(20));
-    for word in ["tidemalloc", "free", "0x"] {
+    for word in ["tidemalloc", func, "0x"] {
         assert!(r.stderr.contains(word), "abort {mode}: stderr does not mention {word:?}:\n{}", r.stderr);
     }
     // The pointer named is the one that was freed (printed by the program as "freeing 0x...").
     let freed = r
         .stdout
         .split_whitespace()
-        .skip_while(|w| *w != "freeing")
+        .skip_while(|w| *w != "freeing" && *w != "reallocing")
         .find(|w| w.starts_with("0x"))
         .map(|w| w.trim_end_matches(','));
     if let Some(p) = freed {
@@ -308,6 +368,12 @@ fn dlopened_library_leaves_the_break_to_glibc() {
     clean_env(cmd.arg(&lib.so));
     let r = run(&mut cmd, Duration::from_secs(60));
     assert_passed(&r, "dlopen", "dlopen: ok");
+}
+
+/// realloc of an interior pointer: the message names realloc (not malloc_usable_size).
+#[test]
+fn abort_realloc_of_interior_pointer() {
+    abort_mode_naming("realloc-interior", "tidemalloc: realloc(): invalid pointer");
 }
 
 // ---- oom.c ----
