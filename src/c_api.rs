@@ -80,22 +80,47 @@ pub(crate) fn load_perturb_env() {
     }
 }
 
+/// `malloc` with the perturb byte set.
+#[cold]
+#[inline(never)]
+fn malloc_perturbed(size: usize) -> *mut c_void {
+    done(perturb_alloc(crate::malloc(size), size))
+}
+
+/// `free` with the perturb byte set.
+///
+/// # Safety
+/// As for `free`.
+#[cold]
+#[inline(never)]
+unsafe fn free_perturbed(p: *mut c_void) {
+    if !p.is_null() {
+        perturb_free(p.cast());
+    }
+    let saved = crate::errno();
+    // SAFETY: forwarded contract.
+    unsafe { crate::free(p.cast()) };
+    crate::set_errno(saved);
+}
+
+// The perturb check comes first, so that the rest (the whole fast path) is what it is without
+// it: one byte load and a branch.
 #[unsafe(no_mangle)]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
-    let p = crate::malloc(size);
     if PERTURB.load(Relaxed) != 0 {
-        return done(perturb_alloc(p, size));
+        return malloc_perturbed(size);
     }
-    done(p)
+    done(crate::malloc(size))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn free(p: *mut c_void) {
+    if PERTURB.load(Relaxed) != 0 {
+        // SAFETY: forwarded contract.
+        return unsafe { free_perturbed(p) };
+    }
     if p.is_null() {
         return;
-    }
-    if PERTURB.load(Relaxed) != 0 {
-        perturb_free(p.cast());
     }
     let saved = crate::errno();
     // SAFETY: the caller passes a block from this allocator (or gets a clear abort).
