@@ -14,7 +14,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 use crate::Opt;
-use core::ffi::{c_int, c_long, c_void};
+use core::ffi::{c_char, c_int, c_long, c_void};
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
 
@@ -68,17 +68,46 @@ fn perturb_free(p: *mut u8) {
     }
 }
 
-/// Reads `MALLOC_PERTURB_` (a number 0..=255, as glibc's tunable; others are ignored).
+/// Reads `MALLOC_PERTURB_` (a number 0..=255, as glibc's tunable; others are ignored), once.
 pub(crate) fn load_perturb_env() {
-    if PERTURB_ENV_READ.swap(true, Relaxed) {
-        return;
+    if !PERTURB_ENV_READ.swap(true, Relaxed) {
+        set_perturb_from(crate::os::getenv(b"MALLOC_PERTURB_"));
     }
-    if let Some(v) = crate::os::getenv(b"MALLOC_PERTURB_").and_then(crate::options::parse_size)
+}
+
+fn set_perturb_from(text: Option<&[u8]>) {
+    if let Some(v) = text.and_then(crate::options::parse_size)
         && v <= 0xff
     {
         PERTURB.store(v as u8, Relaxed);
     }
 }
+
+/// Runs when the library (or the program holding this crate) is loaded, before `main` and
+/// usually before the first `malloc`: the perturb check comes before initialisation in
+/// `malloc`, so the variable must be read before the first call, not during it. glibc passes
+/// `envp` to `.init_array` functions.
+extern "C" fn perturb_env_at_load(_argc: c_int, _argv: *const *const c_char, envp: *const *const c_char) {
+    if envp.is_null() || PERTURB_ENV_READ.swap(true, Relaxed) {
+        return;
+    }
+    const NAME: &[u8] = b"MALLOC_PERTURB_=";
+    let mut e = envp;
+    // SAFETY: glibc passes the process's NUL-terminated array of NUL-terminated strings.
+    unsafe {
+        while !(*e).is_null() {
+            let entry = core::ffi::CStr::from_ptr(*e).to_bytes();
+            if let Some(value) = entry.strip_prefix(NAME) {
+                set_perturb_from(Some(value));
+            }
+            e = e.add(1);
+        }
+    }
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static PERTURB_ENV_AT_LOAD: extern "C" fn(c_int, *const *const c_char, *const *const c_char) = perturb_env_at_load;
 
 /// `malloc` with the perturb byte set.
 #[cold]
