@@ -8,8 +8,9 @@
 //! other's memory. So the arena moves the break only when the process's `malloc` is
 //! tidemalloc's own (LD_PRELOAD, `-ltidemalloc`, the static library, or a Rust program built
 //! with the `override` feature): then glibc's malloc is never called. Otherwise it takes its
-//! segments from aligned anonymous mappings, managed exactly like brk memory (kept as free
-//! spans, purged with madvise; never unmapped) and never calls brk.
+//! segments from aligned anonymous mappings, managed like brk memory (amortised steps, free
+//! spans kept dirty for the purge delay), except that purging unmaps (as lowering the break
+//! would), and never calls brk.
 //!
 //! The decision is made once, after initialisation is published ([`decide_brk`], called by
 //! `after_init`): without the `override` feature there is no tidemalloc `malloc` and the
@@ -223,6 +224,15 @@ pub fn purge_if_due() {
 pub fn trim(pad: usize) -> bool {
     let mut a = ARENA.lock();
     let purged = a.purge(os::now_ms(), true);
+    if BRK_MODE.load(Ordering::Relaxed) == BRK_NO {
+        // The arena lives in mappings: give back the never-used segments of the last steps too.
+        let any = a.nspans > 0;
+        while a.nspans > 0 {
+            let last = a.nspans - 1;
+            a.unmap_span(last);
+        }
+        return any || purged;
+    }
     a.trim_top(0, pad).is_some() || purged
 }
 
@@ -351,12 +361,24 @@ impl Arena {
         None
     }
 
+    /// Unmaps free span `i` (only when the arena lives in mappings: all of its spans are then
+    /// pieces of our own mappings, and munmap takes any page range of them).
+    fn unmap_span(&mut self, i: usize) {
+        let s = self.spans[i];
+        // SAFETY: a free span holds no live block and lies in mappings of ours.
+        unsafe { os::munmap(s.start as *mut u8, s.segs << SEGMENT_SHIFT) };
+        stats::add_arena_mmap_bytes(-((s.segs << SEGMENT_SHIFT) as isize));
+        self.held_mmap -= s.segs;
+        self.remove(i);
+    }
+
     /// Purges the oldest dirty spans until at least `bytes` were released (or none is left).
     fn purge_bytes(&mut self, bytes: usize) {
         let target = self.dirty_bytes.saturating_sub(bytes);
         while self.dirty_bytes > target {
             let Some(i) = self.oldest_dirty() else { break };
-            self.purge_span(i);
+            // Released to make room for a fit: keep the address range for it.
+            self.purge_span(i, false);
         }
         self.trim_top(options::get(Opt::TrimThreshold), options::get(Opt::TopPad));
     }
@@ -365,9 +387,15 @@ impl Arena {
         (0..self.nspans).filter(|&i| self.spans[i].dirty).min_by_key(|&i| self.spans[i].since)
     }
 
-    /// Releases the memory of dirty span `i`, which becomes clean.
-    fn purge_span(&mut self, i: usize) {
+    /// Releases the memory of dirty span `i`, which becomes clean (or, with `unmap` when the
+    /// arena lives in mappings, is unmapped and forgotten).
+    fn purge_span(&mut self, i: usize, unmap: bool) {
         let s = self.spans[i];
+        if unmap && BRK_MODE.load(Ordering::Relaxed) == BRK_NO {
+            self.dirty_bytes -= s.segs << SEGMENT_SHIFT;
+            self.unmap_span(i);
+            return;
+        }
         // SAFETY: a free span holds no live block.
         unsafe { os::madvise_free(s.start as *mut u8, s.segs << SEGMENT_SHIFT) };
         self.dirty_bytes -= s.segs << SEGMENT_SHIFT;
@@ -386,7 +414,7 @@ impl Arena {
             if !(all || self.spans[i].since + delay <= now || self.dirty_bytes > cap) {
                 break;
             }
-            self.purge_span(i);
+            self.purge_span(i, true);
             purged = true;
         }
         let next = (0..self.nspans).filter(|&i| self.spans[i].dirty).map(|i| self.spans[i].since + delay).min();
