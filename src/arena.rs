@@ -1,5 +1,27 @@
 //! Layer `arena`: the brk-backed region segments come from.
 //!
+//! **Who may move the break.** The break is one per process and nothing makes "read it, then
+//! move it" atomic between two allocators: glibc's malloc reads its cached `__curbrk` and
+//! calls brk with an absolute address under a lock we cannot share. If glibc's malloc is live
+//! in the process (a Rust program whose `#[global_allocator]` is tidemalloc but whose C code
+//! calls glibc's malloc; `libtidemalloc.so` loaded with dlopen), each allocator can cut the
+//! other's memory. So the arena moves the break only when the process's `malloc` is
+//! tidemalloc's own (LD_PRELOAD, `-ltidemalloc`, the static library, or a Rust program built
+//! with the `override` feature): then glibc's malloc is never called. Otherwise it takes its
+//! segments from aligned anonymous mappings, managed like brk memory (amortised steps, free
+//! spans kept dirty for the purge delay), except that purging unmaps (as lowering the break
+//! would), and never calls brk.
+//!
+//! The decision is made once, after initialisation is published ([`decide_brk`], called by
+//! `after_init`): without the `override` feature there is no tidemalloc `malloc` and the
+//! answer is no; with it, `dlsym(RTLD_DEFAULT, "malloc")` must lie in the object (executable
+//! or shared library, per dladdr) that holds this code, i.e. be our own `malloc`.
+//! Until then (the allocations of the dynamic loader and libc start-up, our own
+//! initialisation) segments come from mmap; no lock is held while deciding, so a `malloc`
+//! that dlsym makes on the way just gets mmap segments, and nothing deadlocks. A wrong "no"
+//! (a non-PIE executable whose canonical PLT address of `malloc` dlsym returns) only costs
+//! the break, never correctness.
+//!
 //! - The break grows in whole, aligned segments (the first step of a run pads to the segment
 //!   alignment), amortised: the step grows with what the arena already holds.
 //! - Before growing, the arena asks where the break really is: if another part of the program
@@ -20,7 +42,7 @@ use crate::options::{self, Opt};
 use crate::os;
 use crate::segment::{SEGMENT_SHIFT, SEGMENT_SIZE};
 use crate::stats;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 /// A run of free segments inside the break.
 #[derive(Clone, Copy)]
@@ -63,6 +85,8 @@ struct Arena {
     top: usize,
     /// Segments currently held from the break.
     held: usize,
+    /// Segments mapped by [`Arena::grow_mmap`] (when the break is not ours).
+    held_mmap: usize,
 }
 
 static ARENA: Lock<Arena> = Lock::new(Arena {
@@ -73,11 +97,43 @@ static ARENA: Lock<Arena> = Lock::new(Arena {
     run_start: 0,
     top: 0,
     held: 0,
+    held_mmap: 0,
 });
 
 /// When the oldest dirty span is due for purging (ms), 0 when nothing is dirty: lets the
 /// heaps' slow paths skip the arena lock.
 static PURGE_DUE: AtomicU64 = AtomicU64::new(0);
+
+const BRK_UNDECIDED: u8 = 0;
+const BRK_YES: u8 = 1;
+const BRK_NO: u8 = 2;
+/// Whether the arena may move the program break (see the module header).
+static BRK_MODE: AtomicU8 = AtomicU8::new(BRK_UNDECIDED);
+
+/// Whether the arena moves the program break (false until [`decide_brk`] said yes).
+#[inline]
+pub fn uses_brk() -> bool {
+    BRK_MODE.load(Ordering::Relaxed) == BRK_YES
+}
+
+/// Decides, once, whether the arena may move the break: only when the process's `malloc` is
+/// ours. Called after initialisation is published, holding no lock.
+pub fn decide_brk() {
+    if BRK_MODE.load(Ordering::Relaxed) != BRK_UNDECIDED {
+        return;
+    }
+    // Not `c_api::malloc as usize`: in a shared library that address goes through the GOT,
+    // which holds whatever `malloc` the process binds to. The object that holds this very
+    // function is ours for sure, so the question is whether the global `malloc` is in it.
+    #[cfg(feature = "override")]
+    let ours = {
+        let mine = os::object_base(decide_brk as *const () as usize);
+        mine != 0 && os::object_base(os::global_symbol(c"malloc")) == mine
+    };
+    #[cfg(not(feature = "override"))]
+    let ours = false;
+    BRK_MODE.store(if ours { BRK_YES } else { BRK_NO }, Ordering::Relaxed);
+}
 
 /// Segments handed out by [`alloc_segments`].
 pub struct Segments {
@@ -107,14 +163,24 @@ pub fn alloc_segments(n: usize, resident_first: bool) -> Option<Segments> {
         if let Some((p, fresh)) = a.take_first_fit(n, resident_first) {
             return Some(Segments { base: p as *mut u8, from_mmap: false, zeroed: fresh == n });
         }
-        if let Some(p) = a.grow(n) {
+        if uses_brk() {
+            if let Some(p) = a.grow(n) {
+                return Some(Segments { base: p as *mut u8, from_mmap: false, zeroed: true });
+            }
+            // Out of break: give every dirty byte back before asking for more.
+            a.purge(now, true);
+        } else if BRK_MODE.load(Ordering::Relaxed) == BRK_NO
+            && let Some(p) = a.grow_mmap(n)
+        {
             return Some(Segments { base: p as *mut u8, from_mmap: false, zeroed: true });
         }
-        // Out of break: give every dirty byte back before asking for more.
-        a.purge(now, true);
     }
     let p = os::mmap_aligned(bytes, SEGMENT_SIZE);
-    (!p.is_null()).then_some(Segments { base: p, from_mmap: true, zeroed: true })
+    if p.is_null() {
+        return None;
+    }
+    stats::add_arena_mmap_bytes(bytes as isize);
+    Some(Segments { base: p, from_mmap: true, zeroed: true })
 }
 
 /// Gives back `n` segments at `base`.
@@ -127,6 +193,7 @@ pub unsafe fn free_segments(base: *mut u8, n: usize, from_mmap: bool) {
     if from_mmap {
         // SAFETY: per the contract, the mapping is ours and dead.
         unsafe { os::munmap(base, len) };
+        stats::add_arena_mmap_bytes(-(len as isize));
         return;
     }
     let mut a = ARENA.lock();
@@ -162,6 +229,14 @@ pub fn trim(pad: usize) -> bool {
     let mut a = ARENA.lock();
     let now = os::now_ms();
     let purged = a.purge(now, true);
+    if BRK_MODE.load(Ordering::Relaxed) == BRK_NO {
+        // The arena lives in mappings: give back the never-used segments of the last steps too.
+        let mut any = false;
+        for i in (0..a.nspans).rev() {
+            any |= a.unmap_span(i);
+        }
+        return any || purged;
+    }
     a.trim_top(0, pad, now, true).is_some() || purged
 }
 
@@ -275,6 +350,51 @@ impl Arena {
         Some(start)
     }
 
+    /// Without the break: maps at least `n` new aligned segments (amortised like [`Arena::grow`]);
+    /// the extra goes to the free list (clean). The mapping is kept for good: its segments
+    /// are free spans like those of the break, purged with madvise.
+    fn grow_mmap(&mut self, n: usize) -> Option<usize> {
+        let want = n.max((self.held_mmap / 8).clamp(1, MAX_STEP));
+        for step in [want, n] {
+            let bytes = step.checked_mul(SEGMENT_SIZE)?;
+            let p = os::mmap_aligned(bytes, SEGMENT_SIZE) as usize;
+            if p == 0 {
+                continue;
+            }
+            self.held_mmap += step;
+            stats::add_arena_mmap_bytes(bytes as isize);
+            if step > n {
+                self.insert(Span {
+                    start: p + (n << SEGMENT_SHIFT),
+                    segs: step - n,
+                    dirty: false,
+                    since: 0,
+                    failed: false,
+                });
+            }
+            return Some(p);
+        }
+        None
+    }
+
+    /// Unmaps free span `i` (only when the arena lives in mappings: all of its spans are then
+    /// pieces of our own mappings, and munmap takes any page range of them).
+    /// False if the kernel refused (the span then stays, as it was).
+    fn unmap_span(&mut self, i: usize) -> bool {
+        let s = self.spans[i];
+        // SAFETY: a free span holds no live block and lies in mappings of ours.
+        if !unsafe { os::munmap(s.start as *mut u8, s.segs << SEGMENT_SHIFT) } {
+            return false;
+        }
+        stats::add_arena_mmap_bytes(-((s.segs << SEGMENT_SHIFT) as isize));
+        self.held_mmap -= s.segs;
+        if s.dirty {
+            self.dirty_bytes -= s.segs << SEGMENT_SHIFT;
+        }
+        self.remove(i);
+        true
+    }
+
     /// Purges the oldest dirty spans until at least `bytes` were released (or none is left).
     fn purge_bytes(&mut self, bytes: usize, now: u64) {
         let target = self.dirty_bytes.saturating_sub(bytes);
@@ -284,7 +404,8 @@ impl Arena {
                 break;
             }
             let Some(i) = self.oldest_purgeable(now) else { break };
-            self.purge_span(i, now);
+            // Released to make room for a fit: keep the address range for it.
+            self.purge_span(i, now, false);
         }
         self.trim_top(options::get(Opt::TrimThreshold), options::get(Opt::TopPad), now, false);
     }
@@ -302,11 +423,15 @@ impl Arena {
         s.since.saturating_add(options::get(Opt::PurgeDelay) as u64) <= now
     }
 
-    /// Releases the memory of dirty span `i`, which becomes clean. If the kernel refuses
-    /// (locked memory), the span stays dirty — its pages keep their old contents, so it is
-    /// never handed out as zeroed — and is tried again a purge delay from `now`.
-    fn purge_span(&mut self, i: usize, now: u64) -> bool {
+    /// Releases the memory of dirty span `i`, which becomes clean (or, with `unmap` when the
+    /// arena lives in mappings, is unmapped and forgotten). If the kernel refuses (locked
+    /// memory), the span stays dirty — its pages keep their old contents, so it is never
+    /// handed out as zeroed — and is tried again a purge delay from `now`.
+    fn purge_span(&mut self, i: usize, now: u64, unmap: bool) -> bool {
         let s = self.spans[i];
+        if unmap && BRK_MODE.load(Ordering::Relaxed) == BRK_NO && self.unmap_span(i) {
+            return true;
+        }
         // SAFETY: a free span holds no live block.
         if !unsafe { os::madvise_free(s.start as *mut u8, s.segs << SEGMENT_SHIFT) } {
             self.spans[i].since = now;
@@ -335,7 +460,7 @@ impl Arena {
             if !(all || Self::is_due(&self.spans[i], now) || self.dirty_bytes > cap) {
                 break;
             }
-            purged |= self.purge_span(i, now);
+            purged |= self.purge_span(i, now, true);
         }
         let next = (0..self.nspans).filter(|&i| self.spans[i].dirty).map(|i| self.spans[i].since + delay).min();
         PURGE_DUE.store(next.map_or(0, |t| t.max(1)), Ordering::Relaxed);

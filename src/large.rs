@@ -149,6 +149,7 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
         unsafe { ptr::write_bytes(user as *mut u8, 0, size) };
     }
     stats::flush_in_use(len as isize);
+    stats::add_large_bytes(len as isize);
     user as *mut u8
 }
 
@@ -178,6 +179,7 @@ pub fn free(p: *mut u8) -> bool {
     // SAFETY: the registry says `p` is a live large block, so its header is ours to read.
     let h = unsafe { (p as *const Header).sub(1).read() };
     stats::flush_in_use(-(h.len as isize));
+    stats::add_large_bytes(-(h.len as isize));
     options::adapt_threshold(h.len);
     let mut evicted = Evicted::new();
     // Keep only mappings that blocks still get: the threshold may just have risen.
@@ -249,6 +251,7 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
     // SAFETY: the header moved with the mapping and still lies before the user pointer.
     unsafe { (np as *mut Header).sub(1).write(Header { base: q as usize, len: need }) };
     stats::flush_in_use(need as isize - h.len as isize);
+    stats::add_large_bytes(need as isize - h.len as isize);
     if np != p as usize {
         let mut l = LARGE.lock();
         l.remove(p as usize);

@@ -30,6 +30,8 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod arena;
+#[cfg(feature = "override")]
+pub mod c_api;
 mod heap;
 mod large;
 mod list;
@@ -149,6 +151,14 @@ fn alloc_cold(size: usize, zero: bool) -> *mut u8 {
     // The first call of a thread lands here: make sure the options are read before the
     // threshold decides anything.
     heap::ensure_init();
+    let p = alloc_cold_inner(size, zero);
+    if !zero {
+        perturb_new(p, size);
+    }
+    p
+}
+
+fn alloc_cold_inner(size: usize, zero: bool) -> *mut u8 {
     if size >= mmap_threshold() && large::may_map() {
         let p = large::alloc(size, MIN_ALIGN, zero);
         if !p.is_null() {
@@ -177,7 +187,47 @@ fn alloc_arena(size: usize, zero: bool) -> *mut u8 {
 /// Allocates `size` bytes aligned to `align` (a power of two). Null when out of memory or
 /// when `align` is not a power of two.
 pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
-    aligned_impl(align, size, false)
+    let p = aligned_impl(align, size, false);
+    perturb_new(p, size);
+    p
+}
+
+// ---- the perturb byte (glibc's M_PERTURB / MALLOC_PERTURB_, a debugging aid) ----
+
+/// With the perturb byte `c` set, fills the new arena block `p` (null allowed) with `!c`:
+/// code that reads memory it never wrote sees garbage, not zeros. Blocks in their own mapping
+/// are fresh zero pages, which glibc does not fill either. Costs the malloc fast path
+/// nothing: while the byte is set, every allocation takes the cold path (`small_limit` 0).
+#[inline(always)]
+fn perturb_new(p: *mut u8, size: usize) {
+    let c = options::get(Opt::Perturb) as u8;
+    if c != 0 && segment::lookup(p).is_some() {
+        // SAFETY: `p` is a fresh arena block of at least `size` bytes.
+        unsafe { ptr::write_bytes(p, !c, size) };
+    }
+}
+
+/// `free` with the perturb byte `c` set: fills the block's usable bytes with `c` (code that
+/// reads freed memory sees it), then frees it. A pointer that is not a live arena block is
+/// left alone for `free` to judge (a freed block keeps its mark, so a double free is still
+/// caught).
+///
+/// # Safety
+/// As for [`free`].
+#[cold]
+#[inline(never)]
+unsafe fn free_perturbed(p: *mut u8, c: u8) {
+    if let Some(seg) = segment::lookup(p) {
+        let page = seg.page_of(p);
+        let b = page.block_of(p);
+        // SAFETY: `b` is a carved block of a page in use.
+        if !b.is_null() && page.in_use() && unsafe { !Block::is_marked(b) } {
+            // SAFETY: the block is live (not marked free) and `usable_from` bytes long from `p`.
+            unsafe { ptr::write_bytes(p, c, page.usable_from(b, p)) };
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { free_block(p) }
 }
 
 /// Like [`aligned_alloc`], zeroed.
@@ -232,10 +282,25 @@ fn offset_block(b: *mut u8, align: usize) -> *mut u8 {
 ///
 /// # Safety
 /// `p` must be null or a live block from this allocator.
-#[inline]
+#[inline(always)]
 pub unsafe fn free(p: *mut u8) {
+    let c = options::get(Opt::Perturb) as u8;
+    if c != 0 {
+        // SAFETY: forwarded contract.
+        return unsafe { free_perturbed(p, c) };
+    }
+    // SAFETY: forwarded contract.
+    unsafe { free_block(p) }
+}
+
+/// [`free`] without the perturb byte.
+///
+/// # Safety
+/// As for [`free`].
+#[inline(always)]
+unsafe fn free_block(p: *mut u8) {
     let Some(seg) = segment::lookup(p) else { return free_cold(p) };
-    let page = &seg.pages[seg.page_index(p)];
+    let page = seg.page_of(p);
     let b = page.block_of(p);
     if seg.thread_id.load(Ordering::Relaxed) == os::thread_id() && !b.is_null() {
         // SAFETY: the segment is ours, so its heap is this thread's heap, and `b` is a carved
@@ -298,14 +363,23 @@ fn bad_free(b: *mut Block, p: *mut u8) -> ! {
 /// # Safety
 /// `p` must be null or a live block from this allocator.
 pub unsafe fn usable_size(p: *const u8) -> usize {
+    // SAFETY: forwarded contract.
+    unsafe { usable_size_or_die(p, "malloc_usable_size(): invalid pointer") }
+}
+
+/// [`usable_size`], naming `what` (the caller's function) when `p` is not a block.
+///
+/// # Safety
+/// As for [`usable_size`].
+unsafe fn usable_size_or_die(p: *const u8, what: &str) -> usize {
     if p.is_null() {
         return 0;
     }
     if let Some(seg) = segment::lookup(p) {
-        let page = &seg.pages[seg.page_index(p)];
+        let page = seg.page_of(p);
         let b = page.block_of(p as *mut u8);
         if b.is_null() {
-            msg::fatal_pointer("malloc_usable_size(): invalid pointer", p);
+            msg::fatal_pointer(what, p);
         }
         return page.usable_from(b, p as *mut u8);
     }
@@ -313,7 +387,7 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
         // SAFETY: `p` is a live large block.
         return unsafe { large::usable_size(p) };
     }
-    msg::fatal_pointer("malloc_usable_size(): invalid pointer", p)
+    msg::fatal_pointer(what, p)
 }
 
 /// Whether a block of `usable` bytes should serve `new_size` in place.
@@ -342,7 +416,7 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
         }
     }
     // SAFETY: `p` is a live block (small, huge, or large being moved into the arena).
-    let usable = unsafe { usable_size(p) };
+    let usable = unsafe { usable_size_or_die(p, "realloc(): invalid pointer") };
     if fits_in_place(usable, new_size) {
         return p;
     }
@@ -356,7 +430,7 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
 /// `p` must be a live block from this allocator, allocated with alignment `align`.
 pub unsafe fn realloc_aligned(p: *mut u8, align: usize, new_size: usize) -> *mut u8 {
     // SAFETY: per the contract.
-    let usable = unsafe { usable_size(p) };
+    let usable = unsafe { usable_size_or_die(p, "realloc(): invalid pointer") };
     if fits_in_place(usable, new_size) {
         return p;
     }
@@ -432,6 +506,13 @@ pub fn trim(pad: usize) -> bool {
     heap::trim(pad)
 }
 
+/// Whether the arena moves the program break: only when the process's `malloc` is
+/// tidemalloc's (LD_PRELOAD, linked, or the `override` feature); otherwise its segments come
+/// from anonymous mappings and glibc's malloc owns the break.
+pub fn uses_brk() -> bool {
+    arena::uses_brk()
+}
+
 /// The address range of tidemalloc's current run of the program break (start, end).
 pub fn brk_range() -> (usize, usize) {
     arena::brk_run()
@@ -482,8 +563,10 @@ extern "C" fn print_stats_at_exit() {
     write_stats(2);
 }
 
-/// Called once initialisation is published: registers what needs registering.
+/// Called once initialisation is published: registers what needs registering, and decides
+/// whether the arena may move the program break (see `arena`).
 fn after_init() {
+    arena::decide_brk();
     if options::get(Opt::ShowStats) != 0 {
         // SAFETY: the handler has the required signature; atexit may allocate, which works
         // once initialisation is done.

@@ -25,6 +25,9 @@ pub enum Opt {
     PurgeDelay,
     /// Most bytes of freed, still-resident segments; beyond it the oldest are purged at once.
     DirtyMax,
+    /// glibc's perturb byte (`M_PERTURB`, `MALLOC_PERTURB_`), 0 for off: allocated memory
+    /// (but calloc's and fresh mappings) is filled with its complement, freed memory with it.
+    Perturb,
 }
 
 struct Spec {
@@ -38,7 +41,7 @@ struct Spec {
 /// Largest supported mmap threshold: sizes up to here can come from the arena.
 pub const MAX_MMAP_THRESHOLD: usize = 1 << 30;
 
-const SPECS: [Spec; 8] = [
+const SPECS: [Spec; 9] = [
     Spec {
         opt: Opt::MmapThreshold,
         default: 128 << 10,
@@ -49,7 +52,8 @@ const SPECS: [Spec; 8] = [
     Spec {
         opt: Opt::TrimThreshold,
         default: 128 << 10,
-        max: usize::MAX / 2,
+        // usize::MAX: never trim on free (mallopt(M_TRIM_THRESHOLD, -1)).
+        max: usize::MAX,
         env: b"TIDEMALLOC_TRIM_THRESHOLD",
         glibc_env: b"MALLOC_TRIM_THRESHOLD_",
     },
@@ -71,6 +75,7 @@ const SPECS: [Spec; 8] = [
     Spec { opt: Opt::ShowStats, default: 0, max: 1, env: b"TIDEMALLOC_SHOW_STATS", glibc_env: b"" },
     Spec { opt: Opt::PurgeDelay, default: 1000, max: 1 << 40, env: b"TIDEMALLOC_PURGE_DELAY", glibc_env: b"" },
     Spec { opt: Opt::DirtyMax, default: 256 << 20, max: usize::MAX / 2, env: b"TIDEMALLOC_DIRTY_MAX", glibc_env: b"" },
+    Spec { opt: Opt::Perturb, default: 0, max: 255, env: b"TIDEMALLOC_PERTURB", glibc_env: b"MALLOC_PERTURB_" },
 ];
 
 static VALUES: [AtomicUsize; SPECS.len()] = {
@@ -83,9 +88,10 @@ static VALUES: [AtomicUsize; SPECS.len()] = {
     v
 };
 
-/// Requests below this many bytes are served from a size class: the smaller of the mmap
-/// threshold and one more than the largest class, kept beside the threshold so the malloc
-/// fast path makes one comparison.
+/// Requests below this many bytes take the malloc fast path: the smaller of the mmap
+/// threshold and one more than the largest class, kept beside the threshold so the fast path
+/// makes one comparison; 0 while the perturb byte is set, so every allocation takes the cold
+/// path, which fills the block (the fast path pays nothing for the feature).
 static SMALL_LIMIT: AtomicUsize = AtomicUsize::new(128 << 10);
 
 /// Requests below this size come from a size class (see `SMALL_LIMIT`).
@@ -94,11 +100,13 @@ pub fn small_limit() -> usize {
     SMALL_LIMIT.load(Relaxed)
 }
 
-/// Stores a tunable, keeping `SMALL_LIMIT` in step with the mmap threshold.
+/// Stores a tunable, keeping `SMALL_LIMIT` in step with the mmap threshold and the perturb
+/// byte.
 fn store(opt: Opt, value: usize) {
     VALUES[opt as usize].store(value, Relaxed);
-    if opt == Opt::MmapThreshold {
-        SMALL_LIMIT.store(value.min(crate::size_class::MAX_CLASS_SIZE + 1), Relaxed);
+    if matches!(opt, Opt::MmapThreshold | Opt::Perturb) {
+        let limit = get(Opt::MmapThreshold).min(crate::size_class::MAX_CLASS_SIZE + 1);
+        SMALL_LIMIT.store(if get(Opt::Perturb) != 0 { 0 } else { limit }, Relaxed);
     }
 }
 
@@ -142,6 +150,11 @@ pub fn set(opt: Opt, value: usize) -> bool {
         FIXED.store(true, Relaxed);
     }
     true
+}
+
+/// Sets a tunable to `value`, or to its maximum if `value` is beyond it (mallopt's -1).
+pub fn set_clamped(opt: Opt, value: usize) {
+    set(opt, value.min(SPECS[opt as usize].max));
 }
 
 /// Reads every tunable from the environment: the glibc name first, then tidemalloc's own,
@@ -200,7 +213,19 @@ pub fn parse_size(text: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{Opt, get, parse_size, set, set_clamped};
+
+    /// mallopt's -1 (usize::MAX): a trim threshold of "no limit" (never trim on free), other
+    /// options at their maximum.
+    #[test]
+    fn clamped_values() {
+        let (t, m) = (get(Opt::TrimThreshold), get(Opt::MmapThreshold));
+        set_clamped(Opt::TrimThreshold, usize::MAX);
+        assert_eq!(get(Opt::TrimThreshold), usize::MAX);
+        set_clamped(Opt::MmapThreshold, usize::MAX);
+        assert_eq!(get(Opt::MmapThreshold), super::MAX_MMAP_THRESHOLD);
+        assert!(set(Opt::TrimThreshold, t) && set(Opt::MmapThreshold, m));
+    }
 
     #[test]
     fn sizes_with_suffixes() {

@@ -234,6 +234,31 @@ pub fn now_ms() -> u64 {
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
+/// The address `dlsym(RTLD_DEFAULT, name)` finds (the definition the whole process binds
+/// to), 0 if none. Only after initialisation: dlsym may take the loader's lock and allocate.
+#[cfg(feature = "override")]
+pub fn global_symbol(name: &core::ffi::CStr) -> usize {
+    // SAFETY: `name` is NUL-terminated; RTLD_DEFAULT searches the global scope.
+    unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) as usize }
+}
+
+/// The load address of the object (executable or shared library) that contains `addr`, 0 if
+/// none (dladdr). Only after initialisation, as for [`global_symbol`].
+#[cfg(feature = "override")]
+pub fn object_base(addr: usize) -> usize {
+    let mut info = libc::Dl_info {
+        dli_fname: ptr::null(),
+        dli_fbase: ptr::null_mut(),
+        dli_sname: ptr::null(),
+        dli_saddr: ptr::null_mut(),
+    };
+    // SAFETY: `info` is a valid out-pointer; dladdr only reads the loader's tables.
+    if addr == 0 || unsafe { libc::dladdr(addr as *const libc::c_void, &mut info) } == 0 {
+        return 0;
+    }
+    info.dli_fbase as usize
+}
+
 /// The system page size, from sysconf.
 pub fn sysconf_page_size() -> usize {
     // SAFETY: sysconf(_SC_PAGESIZE) has no preconditions and does not allocate.

@@ -143,6 +143,18 @@ impl Segment {
         ((p as usize) & SEGMENT_MASK) >> self.page_shift
     }
 
+    /// The descriptor of the page that holds `p`, which lies in this segment.
+    #[inline(always)]
+    pub fn page_of(&self, p: *const u8) -> &Page {
+        let i = self.page_index(p);
+        // SAFETY: pages are at least 64 KiB (`page_shift` >= 16) and `p & SEGMENT_MASK` is
+        // below 4 MiB, so `i` < 64 = MAX_PAGES.
+        unsafe {
+            core::hint::assert_unchecked(i < MAX_PAGES);
+            self.pages.get_unchecked(i)
+        }
+    }
+
     /// Takes a free page (the lowest that was used before, else the lowest) and returns its
     /// index and whether it is fresh, or None if all are in use.
     pub fn take_page(&self) -> Option<(usize, bool)> {
@@ -214,7 +226,11 @@ pub fn lookup(p: *const u8) -> Option<&'static Segment> {
     if word & (1u64 << (idx % 64)) == 0 {
         return None;
     }
+    let base = segment_base(p);
     // SAFETY: the map marks only addresses where a live segment header is (never 0: no
     // mapping starts at address 0); headers are only reached through shared references.
-    Some(unsafe { &*(segment_base(p) as *const Segment) })
+    unsafe {
+        core::hint::assert_unchecked(base != 0);
+        Some(&*(base as *const Segment))
+    }
 }

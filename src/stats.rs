@@ -28,6 +28,10 @@ static COUNTERS: [AtomicUsize; NCOUNTERS] = [const { AtomicUsize::new(0) }; NCOU
 static MMAP_BYTES: AtomicIsize = AtomicIsize::new(0);
 /// Bytes of the program break that tidemalloc holds (grown minus returned).
 static BRK_BYTES: AtomicIsize = AtomicIsize::new(0);
+/// Bytes of arena segments in anonymous mappings (the break not ours, or out of break).
+static ARENA_MMAP_BYTES: AtomicIsize = AtomicIsize::new(0);
+/// Bytes of live large blocks (their mappings), and how many.
+static LARGE_BYTES: AtomicIsize = AtomicIsize::new(0);
 /// Bytes in live blocks, as of the last flush of every thread.
 static IN_USE: AtomicIsize = AtomicIsize::new(0);
 /// Highest value `IN_USE` reached at a flush.
@@ -43,6 +47,15 @@ pub(crate) fn add_mmap_bytes(delta: isize) {
 
 pub(crate) fn add_brk_bytes(delta: isize) {
     BRK_BYTES.fetch_add(delta, Relaxed);
+}
+
+pub(crate) fn add_arena_mmap_bytes(delta: isize) {
+    ARENA_MMAP_BYTES.fetch_add(delta, Relaxed);
+}
+
+/// A live large block of `delta` bytes appeared (negative: went away) or was resized.
+pub(crate) fn add_large_bytes(delta: isize) {
+    LARGE_BYTES.fetch_add(delta, Relaxed);
 }
 
 /// Adds `delta` bytes to the global in-use figure and raises the peak if needed.
@@ -104,6 +117,12 @@ pub struct Stats {
     /// Number of madvise and munmap calls the kernel refused (locked memory, mapping
     /// limits): that memory stayed resident and is treated as dirty.
     pub release_failures: usize,
+    /// Bytes of the arena held in anonymous mappings (segments taken from mmap because the
+    /// break is not tidemalloc's, or could not grow). With `reserved_brk`: the arena.
+    pub reserved_arena_mmap: usize,
+    /// Bytes of live large blocks (each its own mapping; the cache of freed ones excluded).
+    /// Also counted in `in_use`.
+    pub large_bytes: usize,
 }
 
 /// Reads every counter; `pending` is the sum of the per-thread unflushed in-use deltas.
@@ -122,6 +141,8 @@ pub(crate) fn snapshot(pending: isize) -> Stats {
         mremap_calls: c(Counter::MremapCalls),
         madvise_calls: c(Counter::MadviseCalls),
         release_failures: c(Counter::ReleaseFailures),
+        reserved_arena_mmap: ARENA_MMAP_BYTES.load(Relaxed).max(0) as usize,
+        large_bytes: LARGE_BYTES.load(Relaxed).max(0) as usize,
     }
 }
 

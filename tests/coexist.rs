@@ -1,10 +1,13 @@
-//! glibc's malloc and tidemalloc share the program break: C code in a Rust program still calls
-//! glibc's malloc, which grows and trims the same break. Fifty rounds interleave glibc
-//! allocations (1000 blocks of 1 B .. 64 KiB from glibc's main arena, which lives in the
-//! break) with tidemalloc allocations (3 to 25 MiB of small blocks, some `Vec`s), then free
-//! one side and the other in varying orders, with `malloc_trim(0)` and `tidemalloc::trim(0)`
-//! in between. Every block of both sides must keep its contents; a few survive several
-//! rounds.
+//! C code in a Rust program calls `malloc` (here `libc::malloc`) while the Rust side allocates
+//! through tidemalloc. Fifty rounds interleave C allocations (1000 blocks of 1 B .. 64 KiB)
+//! with tidemalloc allocations (3 to 25 MiB of small blocks, some `Vec`s), then free one side
+//! and the other in varying orders, with `malloc_trim(0)` and `tidemalloc::trim(0)` in
+//! between. Every block of both sides must keep its contents; a few survive several rounds.
+//!
+//! - Without the `override` feature the C side is glibc's malloc, whose main arena lives in
+//!   the program break: glibc owns the break, and tidemalloc must never move it (its arena
+//!   comes from anonymous mappings).
+//! - With `override`, `libc::malloc` is tidemalloc's own: one allocator, which owns the break.
 
 use tidemalloc::{free, malloc, stats};
 
@@ -219,11 +222,19 @@ fn share_the_break() {
         glibc_in_break,
         runs.len()
     );
-    assert!(
-        glibc_in_break >= ROUNDS * GLIBC_PER_ROUND / 2,
-        "only {glibc_in_break} glibc blocks were in the program break: the test did not share the break"
-    );
-    assert!(runs.len() >= 2, "tidemalloc never had to start a new run of the break: the two never interleaved");
+    if cfg!(feature = "override") {
+        // One allocator: the C side's blocks were tidemalloc's, and it owns the break.
+        assert!(tidemalloc::uses_brk(), "with the override feature tidemalloc does not use the break");
+        assert!(end.brk_calls > start.brk_calls, "tidemalloc never moved the break");
+        assert!(tidemalloc::brk_range().1 <= common::sbrk0(), "tidemalloc's run ends above the break");
+    } else {
+        assert!(
+            glibc_in_break >= ROUNDS * GLIBC_PER_ROUND / 2,
+            "only {glibc_in_break} glibc blocks were in the program break: glibc's malloc did not use the break"
+        );
+        assert!(!tidemalloc::uses_brk(), "tidemalloc uses the break beside glibc's malloc");
+        assert_eq!((end.brk_calls, end.reserved_brk), (0, 0), "tidemalloc moved the break beside glibc's malloc");
+        assert!(end.reserved_arena_mmap > 0, "tidemalloc's arena is not in anonymous mappings");
+    }
     assert!(end.in_use <= start.in_use + (1 << 20), "in_use {} at the end (start {})", end.in_use, start.in_use);
-    assert!(tidemalloc::brk_range().1 <= common::sbrk0(), "tidemalloc's run ends above the break");
 }

@@ -31,6 +31,8 @@ struct tidemalloc_stats {
     size_t mremap_calls;
     size_t madvise_calls;
     size_t release_failures; /* madvise/munmap calls the kernel refused (memory stayed) */
+    size_t reserved_arena_mmap; /* bytes of the arena in anonymous mappings (break not ours) */
+    size_t large_bytes;         /* bytes of live large blocks (also in in_use) */
 };
 
 /* Fills *out with the current counters. */

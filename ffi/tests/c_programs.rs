@@ -4,6 +4,8 @@
 //!
 //! - `api.c`: every exported function and glibc's edge cases (preloaded and linked);
 //!   `api beyond-memory`: requests larger than RAM + swap fail;
+//! - `glibc_compare.c`: mallopt's answers, errno of the memalign family and M_PERTURB,
+//!   compared line by line with the same program's output on glibc;
 //! - `stress.c`: 8 threads, > 1 million random operations, blocks freed by other threads
 //!   (preloaded and linked);
 //! - `fork.c`: 300 forks while 4 threads allocate and use stdio; again with the threads
@@ -12,6 +14,8 @@
 //! - `thread_exit.c`: 2000 threads exiting with live blocks, racing exits, key destructors
 //!   that allocate after tidemalloc's exit handler;
 //! - `abort.c`: misuse dies by SIGABRT with a message naming tidemalloc, free and the pointer;
+//! - `dlopen.c`: the library loaded with dlopen leaves the program break to glibc's malloc;
+//! - `dlopen_threads.c`: threads allocating through a dlopen'ed library (its initial-exec TLS);
 //! - `oom.c`: RLIMIT_AS/RLIMIT_DATA exhaustion through every entry point, then recovery;
 //! - `newdelete.cpp`: C++ new/delete, sized and aligned forms, containers, threads.
 //!
@@ -151,6 +155,58 @@ fn api_beyond_memory() {
     assert_passed(&r, "api beyond-memory", "api beyond-memory: all");
 }
 
+// ---- glibc_compare.c ----
+
+/// Runs `glibc_compare ARGS` once on glibc and once preloaded, and checks the outputs match.
+fn same_as_glibc(args: &[&str], env: &[(&str, &str)]) {
+    let lib = lib();
+    let bin = compile("glibc_compare.c", Via::Preload);
+    let mut outs = Vec::new();
+    for preload in [false, true] {
+        let mut cmd = Command::new(&bin);
+        clean_env(cmd.args(args));
+        cmd.envs(env.iter().copied());
+        if preload {
+            cmd.env("LD_PRELOAD", &lib.so);
+        }
+        let r = run(&mut cmd, Duration::from_secs(60));
+        assert!(r.success(), "glibc_compare {args:?} (preload {preload}) failed:\n{}", r.tail(20));
+        outs.push(r.stdout);
+    }
+    let (glibc, tide) = (&outs[0], &outs[1]);
+    let diff: Vec<String> = glibc
+        .lines()
+        .zip(tide.lines())
+        .filter(|(g, t)| g != t)
+        .map(|(g, t)| format!("  glibc:      {g}\n  tidemalloc: {t}"))
+        .collect();
+    assert!(
+        diff.is_empty() && glibc.lines().count() == tide.lines().count(),
+        "tidemalloc answers differently from glibc ({} lines differ):\n{}",
+        diff.len(),
+        diff.join("\n")
+    );
+    eprintln!("glibc_compare {args:?}: {} lines, all as glibc's", glibc.lines().count());
+}
+
+/// mallopt's return values, the memalign family's errno, M_PERTURB: as glibc 2.36.
+#[test]
+fn mallopt_errno_and_perturb_as_glibc() {
+    if !gcc("mallopt_errno_and_perturb_as_glibc") {
+        return;
+    }
+    same_as_glibc(&[], &[]);
+}
+
+/// MALLOC_PERTURB_ in the environment, as glibc.
+#[test]
+fn malloc_perturb_env_as_glibc() {
+    if !gcc("malloc_perturb_env_as_glibc") {
+        return;
+    }
+    same_as_glibc(&["perturb-env"], &[("MALLOC_PERTURB_", "90")]);
+}
+
 // ---- stress.c ----
 
 fn check_stress(r: &Run, what: &str) {
@@ -238,20 +294,26 @@ fn thread_exit() {
 // ---- abort.c ----
 
 fn abort_mode(mode: &str) {
+    abort_mode_naming(mode, "free");
+}
+
+/// Runs `abort MODE` and checks it died of SIGABRT with a message naming tidemalloc, `func`
+/// and the pointer the program printed after "freeing" (or "reallocing").
+fn abort_mode_naming(mode: &str, func: &str) {
     if !gcc(&format!("abort {mode}")) {
         return;
     }
     let bin = compile("abort.c", Via::Preload);
     let r = exec(&bin, &[mode], Via::Preload, 60);
     assert_eq!(r.status.signal(), Some(SIGABRT), "abort {mode}: not killed by SIGABRT:\n{}", r.tail(20));
-    for word in ["tidemalloc", "free", "0x"] {
+    for word in ["tidemalloc", func, "0x"] {
         assert!(r.stderr.contains(word), "abort {mode}: stderr does not mention {word:?}:\n{}", r.stderr);
     }
     // The pointer named is the one that was freed (printed by the program as "freeing 0x...").
     let freed = r
         .stdout
         .split_whitespace()
-        .skip_while(|w| *w != "freeing")
+        .skip_while(|w| *w != "freeing" && *w != "reallocing")
         .find(|w| w.starts_with("0x"))
         .map(|w| w.trim_end_matches(','));
     if let Some(p) = freed {
@@ -292,6 +354,29 @@ fn abort_interior_pointer_in_aligned_page() {
     abort_mode("interior-aligned");
 }
 
+// ---- dlopen.c ----
+
+/// Loaded with dlopen, tidemalloc is not the process's malloc: glibc's owns the break, and
+/// tidemalloc must not move it.
+#[test]
+fn dlopened_library_leaves_the_break_to_glibc() {
+    if !gcc("dlopened_library_leaves_the_break_to_glibc") {
+        return;
+    }
+    let lib = lib();
+    let bin = compile("dlopen.c", Via::Preload);
+    let mut cmd = Command::new(&bin);
+    clean_env(cmd.arg(&lib.so));
+    let r = run(&mut cmd, Duration::from_secs(60));
+    assert_passed(&r, "dlopen", "dlopen: ok");
+}
+
+/// realloc of an interior pointer: the message names realloc (not malloc_usable_size).
+#[test]
+fn abort_realloc_of_interior_pointer() {
+    abort_mode_naming("realloc-interior", "tidemalloc: realloc(): invalid pointer");
+}
+
 // ---- oom.c ----
 
 #[test]
@@ -320,20 +405,20 @@ fn cxx_new_delete() {
     assert_passed(&r, "newdelete (-ltidemalloc)", "newdelete: all");
 }
 
-// ---- dlopen.c ----
+// ---- dlopen_threads.c ----
 
 /// The library loaded with dlopen: its initial-exec thread-local word fits glibc's static
 /// TLS surplus, and threads calling it directly each get their own heap.
 #[test]
-fn loaded_with_dlopen() {
-    if !gcc("loaded_with_dlopen") {
+fn dlopened_library_serves_threads() {
+    if !gcc("dlopened_library_serves_threads") {
         return;
     }
     // Compiled plain (not linked against the library), run without LD_PRELOAD.
-    let bin = compile("dlopen.c", Via::Preload);
+    let bin = compile("dlopen_threads.c", Via::Preload);
     let lib = lib();
     let mut cmd = Command::new(&bin);
     clean_env(cmd.arg(&lib.so));
     let r = run(&mut cmd, Duration::from_secs(60));
-    assert_passed(&r, "dlopen.c", "dlopen: ok");
+    assert_passed(&r, "dlopen_threads.c", "dlopen: ok");
 }

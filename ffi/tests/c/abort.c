@@ -9,6 +9,7 @@
  *   large-double  free a 1 MiB block twice
  *   interior-aligned  free p+16 of an 850-byte block whose page also holds blocks that
  *                 memalign handed out at an offset (896-byte class, 256-byte alignment)
+ *   realloc-interior  realloc p+16 of a 256-byte block (the message names realloc)
  * Exits 0 (test failure) if the process survives the misuse.
  */
 #define _GNU_SOURCE
@@ -27,7 +28,7 @@ static void *launder(void *p) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: abort double|invalid|static|interior|large-double|interior-aligned\n");
+        fprintf(stderr, "usage: abort double|invalid|static|interior|large-double|interior-aligned|realloc-interior\n");
         return 2;
     }
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -73,6 +74,12 @@ int main(int argc, char **argv) {
         printf("memalign gave %p %p %p %p; freeing %p, 16 bytes into %p\n", al[0], al[1], al[2], al[3],
                (void *)(p + 16), (void *)p);
         free(launder(p + 16));
+    } else if (strcmp(mode, "realloc-interior") == 0) {
+        char *p = malloc(256);
+        memset(p, 1, 256);
+        printf("reallocing %p, 16 bytes into %p\n", (void *)(p + 16), (void *)p);
+        p = realloc(launder(p + 16), 1000);
+        printf("realloc returned %p\n", (void *)p);
     } else {
         fprintf(stderr, "unknown mode %s\n", mode);
         return 2;

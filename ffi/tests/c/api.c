@@ -25,6 +25,15 @@
 #pragma weak tidemalloc_print_stats
 #pragma weak tidemalloc_trim
 
+/* glibc's aliases of the allocation functions, not declared by its headers. */
+extern void *__libc_malloc(size_t);
+extern void __libc_free(void *);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+extern void *__libc_memalign(size_t, size_t);
+extern void *__libc_valloc(size_t);
+extern void *__libc_pvalloc(size_t);
+
 /* C23, not declared by this glibc's headers. */
 extern void free_sized(void *p, size_t size) __attribute__((weak));
 extern void free_aligned_sized(void *p, size_t align, size_t size) __attribute__((weak));
@@ -92,6 +101,12 @@ static void test_loaded(void) {
     struct tidemalloc_stats s = stats();
     CHECK(p && s.in_use >= 100, "malloc(100) is counted by tidemalloc (in_use=%zu)", s.in_use);
     free(p);
+    /* tidemalloc is the process's malloc here, so its arena is in the program break. */
+    static void *fill_arena[2048];
+    for (int i = 0; i < 2048; i++) fill_arena[i] = malloc(4000);
+    s = stats();
+    CHECK(s.reserved_brk > 0 && s.brk_calls > 0, "the arena is in the program break (reserved_brk %zu)", s.reserved_brk);
+    for (int i = 0; i < 2048; i++) free(fill_arena[i]);
     /* Before any large block is freed (which may raise it, as glibc's dynamic threshold). */
     CHECK(tidemalloc_get_mmap_threshold() == 128 * KiB, "default mmap threshold is 128 KiB (%zu)",
           tidemalloc_get_mmap_threshold());
@@ -294,8 +309,8 @@ static void test_posix_memalign(void) {
         void *p = (void *)0x1234;
         errno = 4321;
         int r = posix_memalign(&p, 64, opaque(huge[i]));
-        CHECK(r == ENOMEM && p == (void *)0x1234 && errno == 4321,
-              "posix_memalign(64, %#zx) returns ENOMEM, *memptr and errno untouched", huge[i]);
+        CHECK(r == ENOMEM && p == (void *)0x1234 && errno == ENOMEM,
+              "posix_memalign(64, %#zx) returns ENOMEM, *memptr untouched, errno ENOMEM (as glibc)", huge[i]);
     }
 }
 
@@ -310,7 +325,8 @@ static void test_aligned_alloc_memalign(void) {
             free(p);
         }
     }
-    size_t bad[] = {3, 24, 48, 100, 4095, 4097, 3 * MiB};
+    /* C17 and glibc 2.38+: an alignment that is not a power of two, 0 included, is EINVAL. */
+    size_t bad[] = {0, 3, 24, 48, 65, 100, 4095, 4097, 3 * MiB};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         errno = 0;
         void *p = aligned_alloc(opaque(bad[i]), 4096);
@@ -449,9 +465,11 @@ static void test_mallopt(void) {
     CHECK(mallopt(M_TRIM_THRESHOLD, 256 * 1024) == 1, "mallopt(M_TRIM_THRESHOLD) == 1");
     CHECK(mallopt(M_TOP_PAD, 64 * 1024) == 1, "mallopt(M_TOP_PAD) == 1");
     CHECK(mallopt(M_MMAP_MAX, 65536) == 1, "mallopt(M_MMAP_MAX) == 1");
-    CHECK(mallopt(M_PERTURB, 0x5a) == 0, "mallopt(M_PERTURB) (unsupported) == 0");
-    CHECK(mallopt(M_CHECK_ACTION, 3) == 0, "mallopt(M_CHECK_ACTION) (unsupported) == 0");
-    CHECK(mallopt(12345, 1) == 0, "mallopt(12345) (unknown) == 0");
+    /* As glibc 2.36: 1 for these (no-ops here) and for unknown parameters. */
+    CHECK(mallopt(M_CHECK_ACTION, 3) == 1, "mallopt(M_CHECK_ACTION) == 1");
+    CHECK(mallopt(M_ARENA_MAX, 1) == 1 && mallopt(M_ARENA_TEST, 1) == 1, "mallopt(M_ARENA_MAX/M_ARENA_TEST) == 1");
+    CHECK(mallopt(M_MXFAST, 64) == 1 && mallopt(M_MXFAST, 161) == 0, "mallopt(M_MXFAST): 1 up to 160, 0 above");
+    CHECK(mallopt(12345, 1) == 1, "mallopt(12345) (unknown) == 1");
     CHECK(mallopt(M_TRIM_THRESHOLD, 128 * 1024) == 1 && mallopt(M_TOP_PAD, 0) == 1, "restore trim and pad");
 
     /* With a 64 KiB threshold a 100 KiB block gets its own mapping ... */
@@ -476,7 +494,6 @@ static void test_mallopt(void) {
     memset(p, 1, 100 * KiB);
     free(p);
     free(warm);
-    CHECK(mallopt(M_MMAP_THRESHOLD, -1) == 0, "mallopt(M_MMAP_THRESHOLD, -1) == 0");
     CHECK(mallopt(M_MMAP_THRESHOLD, 128 * 1024) == 1 && tidemalloc_get_mmap_threshold() == 128 * KiB,
           "restore the 128 KiB threshold");
 
@@ -508,6 +525,86 @@ static void test_mallopt(void) {
     free(al2);
     free(al3);
     CHECK(mallopt(M_MMAP_MAX, 65536) == 1, "restore M_MMAP_MAX");
+}
+
+/* Blocks from glibc's __libc_ aliases are tidemalloc's: plain free and realloc take them. */
+static void test_libc_aliases(void) {
+    struct tidemalloc_stats a = stats();
+    char *p = __libc_malloc(5000);
+    struct tidemalloc_stats b = stats();
+    CHECK(p && b.in_use >= a.in_use + 5000, "__libc_malloc(5000) is tidemalloc's (in_use %zu -> %zu)", a.in_use,
+          b.in_use);
+    CHECK(malloc_usable_size(p) >= 5000, "malloc_usable_size(__libc_malloc(5000)) = %zu", malloc_usable_size(p));
+    fill(p, 5000, 4);
+    p = realloc(p, 9000);
+    CHECK(p && check_fill(p, 5000, 4), "realloc of a __libc_malloc block keeps its data");
+    free(p);
+    char *c = __libc_calloc(100, 10);
+    CHECK(c && all_zero(c, 1000), "__libc_calloc(100, 10) zeroed");
+    c = __libc_realloc(c, 3000);
+    CHECK(c && all_zero(c, 1000), "__libc_realloc keeps the data");
+    __libc_free(c);
+    void *m = __libc_memalign(256, 100), *v = __libc_valloc(100), *pv = __libc_pvalloc(100);
+    CHECK(m && aligned_to(m, 256) && v && aligned_to(v, PAGE) && pv && aligned_to(pv, PAGE) &&
+              malloc_usable_size(pv) >= PAGE,
+          "__libc_memalign, __libc_valloc, __libc_pvalloc align");
+    free(m);
+    free(v);
+    __libc_free(pv);
+    __libc_free(malloc(10));
+    __libc_free(NULL);
+    CHECK(1, "__libc_free frees malloc's blocks; free frees __libc_ blocks");
+}
+
+static void test_mallopt_minus_one(void) {
+    /* glibc reads the value as unsigned: -1 is no limit, so trimming is off. */
+    CHECK(mallopt(M_TRIM_THRESHOLD, -1) == 1, "mallopt(M_TRIM_THRESHOLD, -1) == 1");
+    CHECK(mallopt(M_TRIM_THRESHOLD, 128 * 1024) == 1, "mallopt(M_TRIM_THRESHOLD, 128K) == 1");
+
+    /* M_MMAP_MAX is an int in glibc: a negative maximum allows no mapping at all. */
+    CHECK(mallopt(M_MMAP_MAX, -1) == 1, "mallopt(M_MMAP_MAX, -1) == 1");
+    struct tidemalloc_stats a = stats();
+    void *p = malloc(2 * MiB);
+    struct tidemalloc_stats b = stats();
+    CHECK(p && b.large_blocks == a.large_blocks, "M_MMAP_MAX -1: malloc(2 MiB) is not mapped");
+    free(p);
+    CHECK(mallopt(M_MMAP_MAX, 65536) == 1, "restore M_MMAP_MAX");
+
+    /* -1 as the threshold: as high as tidemalloc goes (1 GiB). */
+    CHECK(mallopt(M_MMAP_THRESHOLD, -1) == 1 && tidemalloc_get_mmap_threshold() == (size_t)1 << 30,
+          "mallopt(M_MMAP_THRESHOLD, -1) == 1, threshold 1 GiB (%zu)", tidemalloc_get_mmap_threshold());
+    CHECK(mallopt(M_MMAP_THRESHOLD, 128 * 1024) == 1, "restore the threshold");
+    CHECK(mallopt(M_TOP_PAD, -1) == 1 && mallopt(M_TOP_PAD, 0) == 1, "mallopt(M_TOP_PAD, -1) == 1");
+}
+
+/* M_PERTURB: malloc fills with c ^ 0xff, calloc zeroes, free fills with c (after the 16
+ * bytes the allocator keeps its own links in). */
+static void test_perturb(void) {
+    CHECK(mallopt(M_PERTURB, 0x5a) == 1, "mallopt(M_PERTURB, 0x5a) == 1");
+    size_t sizes[] = {24, 100, 1000, 5000, 60000};
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        size_t n = sizes[i];
+        unsigned char *p = malloc(n);
+        size_t k = 0;
+        for (size_t j = 0; j < n; j++) k += p[j] == 0xa5;
+        CHECK(k == n, "M_PERTURB 0x5a: malloc(%zu) filled with 0xa5 (%zu bytes)", n, k);
+        memset(p, 0, n);
+        volatile unsigned char *vp = p;
+        free(p);
+        k = 0;
+        for (size_t j = 16; j < n; j++) k += vp[j] == 0x5a;
+        CHECK(k == n - 16, "M_PERTURB 0x5a: free(%zu-byte block) filled it with 0x5a (%zu of %zu bytes)", n, k,
+              n - 16);
+        unsigned char *z = calloc(1, n);
+        CHECK(all_zero(z, n), "M_PERTURB 0x5a: calloc(1, %zu) is zeroed", n);
+        free(z);
+    }
+    CHECK(mallopt(M_PERTURB, 0) == 1, "mallopt(M_PERTURB, 0) == 1 (off)");
+    unsigned char *p = malloc(700);
+    memset(p, 7, 700);
+    volatile unsigned char *vp = p;
+    free(p);
+    CHECK(vp[100] == 7, "M_PERTURB off: free leaves the block's bytes alone");
 }
 
 static void test_extensions(void) {
@@ -573,8 +670,12 @@ static void test_trim(void) {
     CHECK(r == 0 || r == 1, "malloc_trim(128K) returns %d", r);
 }
 
+/* As glibc's: arena = bytes of the arena held, uordblks = in use in the arena (not mmapped
+ * blocks), uordblks + fordblks == arena, hblks/hblkhd = mmapped blocks (live ones only). */
 static void test_mallinfo(void) {
     struct mallinfo2 a = mallinfo2();
+    CHECK(a.uordblks + a.fordblks == a.arena, "mallinfo2: uordblks %zu + fordblks %zu == arena %zu", a.uordblks,
+          a.fordblks, a.arena);
     enum { N = 10000 };
     static void *ps[N];
     for (int i = 0; i < N; i++) ps[i] = malloc(1000);
@@ -582,27 +683,37 @@ static void test_mallinfo(void) {
     size_t grew = b.uordblks - a.uordblks;
     CHECK(b.uordblks > a.uordblks && grew >= N * 1000 && grew <= N * 1000 * 3 / 2,
           "mallinfo2: uordblks grew by %zu for %d x 1000 bytes", grew, N);
-    CHECK(b.arena + b.hblkhd >= b.uordblks, "mallinfo2: arena + hblkhd >= uordblks");
-    CHECK(b.usmblks >= b.uordblks || b.usmblks == 0, "mallinfo2: usmblks (peak) consistent");
-    struct mallinfo2 b2 = mallinfo2();
+    CHECK(b.uordblks + b.fordblks == b.arena && b.arena >= N * 1000, "mallinfo2: uordblks + fordblks == arena %zu",
+          b.arena);
+    void *big = malloc(50 * MiB);
+    CHECK(big != NULL, "malloc(50 MiB)");
+    memset(big, 1, 50 * MiB);
+    struct mallinfo2 c = mallinfo2();
+    CHECK(c.hblks == b.hblks + 1 && c.hblkhd >= b.hblkhd + 50 * MiB && c.hblkhd <= b.hblkhd + 51 * MiB,
+          "mallinfo2: the 50 MiB block is in hblks (%zu -> %zu) and hblkhd (%zu -> %zu)", b.hblks, c.hblks, b.hblkhd,
+          c.hblkhd);
+    CHECK(c.uordblks < b.uordblks + MiB && c.arena < b.arena + MiB,
+          "mallinfo2: ... and not in uordblks (%zu -> %zu) or arena (%zu -> %zu)", b.uordblks, c.uordblks, b.arena,
+          c.arena);
+    CHECK(c.uordblks + c.fordblks == c.arena, "mallinfo2: uordblks + fordblks == arena with a large block");
+    CHECK(c.usmblks == 0, "mallinfo2: usmblks is 0, as glibc's");
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-    struct mallinfo c = mallinfo(); /* deprecated, still exported */
+    struct mallinfo m = mallinfo(); /* deprecated, still exported */
 #pragma GCC diagnostic pop
-    CHECK(c.uordblks == (int)b2.uordblks && c.arena == (int)b2.arena, "mallinfo: uordblks %d, arena %d", c.uordblks,
-          c.arena);
-    CHECK(c.uordblks > 0 && c.arena + c.hblkhd > 0, "mallinfo: plausible figures");
-    void *big = malloc(4 * MiB);
-    CHECK(big != NULL, "malloc(4 MiB) after the trim test = %p", big);
-    struct mallinfo2 d = mallinfo2();
-    /* hblkhd also counts freed mappings kept for reuse, so it need not grow when one is reused. */
-    CHECK(d.hblks == b.hblks + 1 && d.hblkhd >= 4 * MiB, "mallinfo2: 4 MiB block counted in hblks (%zu -> %zu), hblkhd %zu",
-          b.hblks, d.hblks, d.hblkhd);
+    struct mallinfo2 c2 = mallinfo2();
+    CHECK(m.uordblks == (int)c2.uordblks && m.arena == (int)c2.arena && m.hblkhd == (int)c2.hblkhd,
+          "mallinfo: uordblks %d, arena %d, hblkhd %d", m.uordblks, m.arena, m.hblkhd);
     free(big);
+    struct mallinfo2 d = mallinfo2();
+    CHECK(d.hblks == b.hblks && d.hblkhd == b.hblkhd,
+          "mallinfo2: freed, the block leaves hblks/hblkhd (kept mappings are not counted): %zu, %zu", d.hblks,
+          d.hblkhd);
     for (int i = 0; i < N; i++) free(ps[i]);
     struct mallinfo2 e = mallinfo2();
     CHECK(e.uordblks < b.uordblks - N * 900, "mallinfo2: uordblks fell after freeing (%zu -> %zu)", b.uordblks,
           e.uordblks);
+    CHECK(e.uordblks + e.fordblks == e.arena, "mallinfo2: uordblks + fordblks == arena after freeing");
 }
 
 static void test_stats_output(void) {
@@ -684,6 +795,9 @@ int main(int argc, char **argv) {
     test_min_alignment();
     test_extensions();
     test_mallopt();
+    test_mallopt_minus_one();
+    test_perturb();
+    test_libc_aliases();
     test_trim();
     test_mallinfo();
     test_stats_output();

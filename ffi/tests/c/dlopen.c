@@ -1,84 +1,77 @@
-/* libtidemalloc.so loaded with dlopen rather than preloaded: its thread-local heap word uses
- * the initial-exec model, which glibc serves from its static TLS surplus. Threads allocate
- * and free through the dlsym'd functions (glibc's malloc stays the process's malloc), check
- * their patterns, free each other's blocks, and each thread must get its own heap.
+/* libtidemalloc.so loaded with dlopen: the process's malloc stays glibc's, which owns the
+ * program break, so tidemalloc must never move it (its arena comes from anonymous mappings).
+ * Blocks of both allocators are interleaved and checked, glibc's break grows and shrinks
+ * (malloc_trim) in between.
  *
- * Usage: dlopen PATH_TO_LIBTIDEMALLOC_SO
+ * Usage: dlopen /path/to/libtidemalloc.so    Prints "dlopen: ok" and exits 0.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
-#include <pthread.h>
-#include <stdint.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
-static void *(*t_malloc)(size_t);
-static void (*t_free)(void *);
-static size_t (*t_usable)(void *);
+#include "tidemalloc.h"
 
-#define THREADS 4
-#define ROUNDS 200
-#define BLOCKS 500
-
-static void *handoff[THREADS][BLOCKS];
-static pthread_barrier_t barrier;
-
-static void *worker(void *arg) {
-    int t = (int)(intptr_t)arg;
-    for (int r = 0; r < ROUNDS; r++) {
-        for (int i = 0; i < BLOCKS; i++) {
-            size_t n = 16 + (size_t)((i * 37 + r) % 700);
-            unsigned char *p = t_malloc(n);
-            if (!p || t_usable(p) < n) {
-                printf("dlopen: thread %d: malloc(%zu) failed\n", t, n);
-                exit(1);
-            }
-            memset(p, t * 16 + (i & 15), n);
-            p[0] = (unsigned char)n;
-            handoff[t][i] = p;
-        }
-        pthread_barrier_wait(&barrier);
-        /* Free the next thread's blocks, checking them first. */
-        int o = (t + 1) % THREADS;
-        for (int i = 0; i < BLOCKS; i++) {
-            unsigned char *p = handoff[o][i];
-            size_t n = 16 + (size_t)((i * 37 + r) % 700);
-            if (p[0] != (unsigned char)n || p[n - 1] != (unsigned char)(o * 16 + (i & 15))) {
-                printf("dlopen: thread %d: block %p of thread %d lost its contents\n", t, (void *)p, o);
-                exit(1);
-            }
-            t_free(p);
-        }
-        pthread_barrier_wait(&barrier);
-    }
-    return NULL;
-}
+#define FAIL(...)                          \
+    do {                                   \
+        printf("FAIL ");                   \
+        printf(__VA_ARGS__);               \
+        printf("\n");                      \
+        exit(1);                           \
+    } while (0)
 
 int main(int argc, char **argv) {
-    if (argc < 2) {
-        fprintf(stderr, "usage: dlopen PATH\n");
-        return 2;
-    }
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc < 2) FAIL("usage: dlopen LIB");
     void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
-    if (!h) {
-        printf("dlopen: %s\n", dlerror());
-        return 1;
+    if (!h) FAIL("dlopen %s: %s", argv[1], dlerror());
+    void *(*t_malloc)(size_t) = (void *(*)(size_t))dlsym(h, "malloc");
+    void (*t_free)(void *) = (void (*)(void *))dlsym(h, "free");
+    void (*t_stats)(struct tidemalloc_stats *) = (void (*)(struct tidemalloc_stats *))dlsym(h, "tidemalloc_get_stats");
+    int (*t_trim)(size_t) = (int (*)(size_t))dlsym(h, "tidemalloc_trim");
+    if (!t_malloc || !t_free || !t_stats || !t_trim) FAIL("dlsym");
+    if (t_malloc == malloc) FAIL("dlsym(h, malloc) is the process's malloc");
+    mallopt(M_MMAP_THRESHOLD, 4 << 20);
+
+    enum { N = 20000, G = 64 };
+    static unsigned char *tb[N];
+    static unsigned char *gb[G];
+    for (int round = 0; round < 6; round++) {
+        for (int i = 0; i < N; i++) {
+            size_t n = 200 + (size_t)(i % 50) * 40;
+            tb[i] = t_malloc(n);
+            if (!tb[i]) FAIL("tidemalloc malloc(%zu)", n);
+            memset(tb[i], (unsigned char)(i + round), n);
+            if (i % (N / G) == 0 && i / (N / G) < G) {
+                int g = i / (N / G);
+                gb[g] = malloc(64 * 1024 + (size_t)g * 8192);
+                if (!gb[g]) FAIL("glibc malloc(%zu) round %d block %d: %m", 64 * 1024 + (size_t)g * 8192, round, g);
+                memset(gb[g], (unsigned char)(g ^ round), 64 * 1024 + (size_t)g * 8192);
+            }
+        }
+        for (int g = 0; g < G; g++) {
+            for (size_t o = 0; o < 64 * 1024 + (size_t)g * 8192; o += 512)
+                if (gb[g][o] != (unsigned char)(g ^ round)) FAIL("glibc block %d lost its contents", g);
+            free(gb[g]);
+        }
+        malloc_trim(0);
+        for (int i = 0; i < N; i++) {
+            size_t n = 200 + (size_t)(i % 50) * 40;
+            for (size_t o = 0; o < n; o += 64)
+                if (tb[i][o] != (unsigned char)(i + round)) FAIL("tidemalloc block %d lost its contents", i);
+            t_free(tb[i]);
+        }
+        t_trim(0);
     }
-    t_malloc = (void *(*)(size_t))dlsym(h, "malloc");
-    t_free = (void (*)(void *))dlsym(h, "free");
-    t_usable = (size_t (*)(void *))dlsym(h, "malloc_usable_size");
-    if (!t_malloc || !t_free || !t_usable) {
-        printf("dlopen: missing symbols\n");
-        return 1;
-    }
-    pthread_barrier_init(&barrier, NULL, THREADS);
-    pthread_t th[THREADS];
-    for (int t = 0; t < THREADS; t++) pthread_create(&th[t], NULL, worker, (void *)(intptr_t)t);
-    for (int t = 0; t < THREADS; t++) pthread_join(th[t], NULL);
-    /* glibc's malloc still serves the program. */
-    void *g = malloc(100);
-    free(g);
-    printf("dlopen: ok (%d threads x %d rounds x %d blocks)\n", THREADS, ROUNDS, BLOCKS);
+    struct tidemalloc_stats s;
+    t_stats(&s);
+    printf("tidemalloc: brk_calls %zu reserved_brk %zu reserved_arena_mmap %zu mmap_calls %zu\n", s.brk_calls,
+           s.reserved_brk, s.reserved_arena_mmap, s.mmap_calls);
+    if (s.brk_calls != 0 || s.reserved_brk != 0) FAIL("tidemalloc moved the break of a process whose malloc is glibc's");
+    if (s.mmap_calls == 0) FAIL("tidemalloc made no mapping: its arena came from nowhere?");
+    printf("dlopen: ok\n");
     return 0;
 }
