@@ -11,8 +11,9 @@
 //!   pointers of the parent's workers) freeing the workers' blocks;
 //! - `sigfork.c`: a single-threaded program whose SIGALRM handler forks (an interval timer
 //!   fires every 2 ms) while the main flow allocates, trims and forks: the handler's fork
-//!   lands inside the main flow's fork and malloc (preloaded and linked); again with a second
-//!   thread signalling the main thread while it is inside fork();
+//!   lands inside the main flow's fork and malloc (preloaded and linked); again after a
+//!   thread ran and exited; again with a second thread signalling the main thread while it is
+//!   inside fork();
 //! - `thread_exit.c`: 2000 threads exiting with live blocks, racing exits, key destructors
 //!   that allocate after tidemalloc's exit handler;
 //! - `abort.c`: misuse dies by SIGABRT with a message naming tidemalloc, free and the pointer;
@@ -263,6 +264,16 @@ fn fork_from_signal_handler_linked() {
         return;
     }
     check_sigfork(Via::Link, &[], "sigfork (-ltidemalloc)");
+}
+
+/// As above in a process that had a second thread, which exited: glibc's single-threaded flag
+/// stays false, the thread count says one thread.
+#[test]
+fn fork_from_signal_handler_after_threads_exited() {
+    if !gcc("fork_from_signal_handler_after_threads_exited") {
+        return;
+    }
+    check_sigfork(Via::Preload, &["exited"], "sigfork exited");
 }
 
 /// Multi-threaded: a signal handler forks while its thread is inside fork().

@@ -17,11 +17,14 @@
  * interrupted malloc in a multi-threaded process): the pre-fork handler holds every lock
  * there, and a handler running in that window would wait for them forever.
  *
+ * Mode "exited": single-threaded again after a thread ran and exited (glibc's
+ * __libc_single_threaded stays false: only the thread count says the process has one thread).
+ *
  * Watchdogs: a POSIX timer sends SIGTERM (default action) to the main process after 30 s;
  * every child restores SIGALRM's default action and calls alarm(10) first, so a deadlocked
  * child dies by SIGALRM, which fails the parent.
  *
- * Usage: sigfork [seconds [threads]]   (default 3)
+ * Usage: sigfork [seconds [threads|exited]]   (default 3)
  * Prints "sigfork: ... all exited 0" on success.
  */
 #define _GNU_SOURCE
@@ -138,6 +141,12 @@ static void fill(int i) {
     for (size_t k = 0; k < n; k++) blk[i][k] = (unsigned char)(i + k);
 }
 
+/* exited mode: a thread that allocates a little and exits. */
+static void *short_lived(void *arg) {
+    free(malloc(100));
+    return arg;
+}
+
 /* threads mode: allocates, and signals the main thread every 300 us. */
 static void *signaller(void *arg) {
     pthread_t main_thread = *(pthread_t *)arg;
@@ -155,6 +164,13 @@ static void *signaller(void *arg) {
 int main(int argc, char **argv) {
     double seconds = argc > 1 ? atof(argv[1]) : 3.0;
     threads_mode = argc > 2 && strcmp(argv[2], "threads") == 0;
+    if (argc > 2 && strcmp(argv[2], "exited") == 0) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, short_lived, NULL) != 0 || pthread_join(t, NULL) != 0) {
+            perror("pthread_create");
+            return 1;
+        }
+    }
 
     /* Watchdog of the main process: SIGTERM after 30 s. */
     timer_t wd;
@@ -255,6 +271,6 @@ int main(int argc, char **argv) {
         return 1;
     }
     printf("sigfork%s: %ld operations, %ld forks from the main flow, %d from the signal handler, all exited 0\n",
-           threads_mode ? " (threads)" : "", ops, forks, (int)handler_forks);
+           threads_mode ? " (threads)" : argc > 2 ? " (after a thread exited)" : "", ops, forks, (int)handler_forks);
     return 0;
 }
