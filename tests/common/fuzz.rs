@@ -18,8 +18,9 @@
 //! (up to 8 MiB). A thread keeps at most `SLOTS` blocks and `LIVE_CAP` bytes.
 //!
 //! Each thread's operations come from its own generator, seeded from the run's seed and its
-//! index: a seed replays the same sequence of decisions (hand-offs between threads depend on
-//! timing; with one thread a replay is exact). Failures panic with the seed in the message.
+//! index: a seed replays the same random streams, but blocks handed between threads arrive
+//! when timing says, so a run of several threads may diverge; with one thread a replay is
+//! exact. Failures panic with the seed in the message.
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -480,11 +481,10 @@ impl Worker<'_> {
             1 => (b.size / 2).max(1),
             2 => b.size + self.rng.range(1, 64),
             3 => b.size.saturating_sub(self.rng.range(1, 64)).max(1),
-            _ => {
-                let s = rand_size(&mut self.rng);
-                if self.live_bytes + s > LIVE_CAP + b.size { b.size } else { s }
-            }
+            _ => rand_size(&mut self.rng),
         };
+        // Growing past the thread's cap shrinks instead.
+        let new_size = if self.live_bytes - b.size + new_size > LIVE_CAP { (b.size / 2).max(1) } else { new_size };
         let p = b.addr as *mut u8;
         // SAFETY: the block is live and ours, allocated with this alignment; the new size is
         // non-zero.
