@@ -268,6 +268,7 @@ pub struct Counts {
     pub frees: u64,
     pub reallocs: u64,
     pub usable: u64,
+    pub checks: u64,
     pub handoffs: u64,
     pub received: u64,
     pub trims: u64,
@@ -278,7 +279,7 @@ pub struct Counts {
 
 impl Counts {
     pub fn ops(&self) -> u64 {
-        self.allocs + self.frees + self.reallocs + self.usable + self.handoffs
+        self.allocs + self.frees + self.reallocs + self.usable + self.checks + self.handoffs
     }
 
     fn add(&mut self, o: &Counts) {
@@ -286,6 +287,7 @@ impl Counts {
         self.frees += o.frees;
         self.reallocs += o.reallocs;
         self.usable += o.usable;
+        self.checks += o.checks;
         self.handoffs += o.handoffs;
         self.received += o.received;
         self.trims += o.trims;
@@ -319,7 +321,7 @@ impl Summary {
         let c = &self.counts;
         let secs = self.elapsed.as_secs_f64();
         format!(
-            "fuzz: seed {:#x}, {} threads, {} ops in {:.1} s ({:.0} ops/s): {} allocs, {} frees, {} reallocs, {} usable_size, {} hand-offs, {} trims, {} threshold flips, {} invariant checks, {} forks",
+            "fuzz: seed {:#x}, {} threads, {} ops in {:.1} s ({:.0} ops/s): {} allocs, {} frees, {} reallocs, {} usable_size, {} checks, {} hand-offs, {} trims, {} threshold flips, {} invariant checks, {} forks",
             cfg.seed,
             cfg.threads,
             c.ops(),
@@ -329,6 +331,7 @@ impl Summary {
             c.frees,
             c.reallocs,
             c.usable,
+            c.checks,
             c.handoffs,
             c.trims,
             c.flips,
@@ -577,6 +580,7 @@ impl Worker<'_> {
                 17..19 if self.shared.inboxes.len() > 1 => self.hand_off(b),
                 _ => {
                     self.check(&b, "check");
+                    self.counts.checks += 1;
                     self.slots[i] = Some(b);
                 }
             },
@@ -716,7 +720,7 @@ unsafe fn fork_child(ours: &[Option<Blk>], sent: &[Option<Blk>], salt: u64) -> !
         unsafe { libc::_exit(code) }
     };
     // SAFETY: alarm is async-signal-safe; SIGALRM's default action ends a deadlocked child.
-    unsafe { libc::alarm(60) };
+    unsafe { libc::alarm(20) };
     for (bs, code) in [(ours, 10), (sent, 11)] {
         for b in bs.iter().flatten() {
             // SAFETY: the block was live in the parent, so it is in the child.
@@ -884,7 +888,6 @@ pub fn run(cfg: &Config) -> Summary {
     }
     tidemalloc::set_mmap_threshold(threshold_before);
     if let Some(msg) = failure {
-        say(&format!("{msg}\n"));
         panic!("{msg}");
     }
     Summary { counts, elapsed: started.elapsed() }
