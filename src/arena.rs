@@ -254,10 +254,31 @@ pub fn lock_for_fork() {
 /// Fork support: release the lock taken by [`lock_for_fork`].
 ///
 /// # Safety
-/// Only after [`lock_for_fork`], in the parent or the child.
+/// Only after [`lock_for_fork`], in the parent or the child; or in a fork child whoever
+/// held the lock (see `lock::force_unlock`).
 pub unsafe fn unlock_after_fork() {
     // SAFETY: per the contract, the lock was taken by lock_for_fork and no guard exists.
     unsafe { crate::lock::force_unlock(&ARENA) };
+}
+
+/// Fork support, in the child of a single-threaded fork: whether the arena's lock is held,
+/// i.e. the fork came from a signal handler that interrupted an arena operation.
+pub fn is_busy() -> bool {
+    ARENA.is_locked()
+}
+
+/// Fork support, in such a child, after the lock was released: the free spans, the top and
+/// the counts may be half updated (the break lowered but the top not yet, say), so they are
+/// forgotten — the child leaks those free segments — and the next growth starts a new run
+/// at the break as it really is.
+pub fn forget_free_spans() {
+    let mut a = ARENA.lock();
+    a.nspans = 0;
+    a.dirty_bytes = 0;
+    a.top = 0;
+    a.run_start = 0;
+    a.run_base = 0;
+    PURGE_DUE.store(0, Ordering::Relaxed);
 }
 
 impl Arena {

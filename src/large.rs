@@ -281,7 +281,8 @@ pub fn lock_for_fork() {
 /// Fork support: release the lock taken by [`lock_for_fork`].
 ///
 /// # Safety
-/// Only after [`lock_for_fork`].
+/// Only after [`lock_for_fork`], in the parent or the child; or in a fork child whoever
+/// held the lock (see `lock::force_unlock`).
 pub unsafe fn unlock_after_fork() {
     // SAFETY: per the contract, no guard exists.
     unsafe { crate::lock::force_unlock(&LARGE) };

@@ -23,12 +23,14 @@ pub fn hold<T>(lock: &Lock<T>) {
     core::mem::forget(lock.lock());
 }
 
-/// Releases a lock taken by [`hold`].
+/// Releases a lock taken by [`hold`]; on a free lock it does nothing.
 ///
 /// # Safety
-/// The lock must be held by [`hold`] (or, in a fork child, by a thread that no longer
-/// exists), and no guard to it may be alive.
+/// The lock must be free or held by [`hold`], or this is a fork child and its holder is a
+/// thread that no longer exists or code of this thread that a signal handler interrupted
+/// (and that does not run again in the child unless the handler returns). No guard to it
+/// may be used afterwards.
 pub unsafe fn force_unlock<T>(lock: &Lock<T>) {
-    // SAFETY: per the contract, nobody holds a guard.
+    // SAFETY: per the contract, no guard of the holder is used again.
     unsafe { lock.force_unlock() };
 }

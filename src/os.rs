@@ -289,3 +289,114 @@ pub fn getenv(name: &[u8]) -> Option<&'static [u8]> {
     }
     None
 }
+
+// ---- threads and signals (for fork) ----
+
+unsafe extern "C" {
+    /// glibc (2.32 and later): non-zero while the process has never created a thread.
+    static __libc_single_threaded: libc::c_char;
+}
+
+/// Whether the calling thread is the only thread of the process; false when that cannot be
+/// told. Once true, it stays true until the calling thread itself creates a thread.
+///
+/// glibc's own flag answers first (no system call): it is true until the first
+/// `pthread_create`. A process whose other threads have all exited is recognised by the
+/// thread count in `/proc/self/stat` (read without allocating). Counting heaps would not do:
+/// a thread without a heap may still be inside the allocator (trim, a free, its first malloc).
+pub fn is_single_threaded() -> bool {
+    // SAFETY: glibc's flag is a byte that only a thread creating a thread writes (and the
+    // fork child); reading it as an atomic byte is sound, and a stale `false` only makes the
+    // answer conservative.
+    let flag = unsafe {
+        (*ptr::addr_of!(__libc_single_threaded).cast::<core::sync::atomic::AtomicU8>())
+            .load(core::sync::atomic::Ordering::Relaxed)
+    };
+    flag != 0 || thread_count() == Some(1)
+}
+
+/// The number of threads of this process (field 20 of `/proc/self/stat`); None if `/proc`
+/// cannot be read. open, read and close are async-signal-safe and do not allocate.
+pub fn thread_count() -> Option<usize> {
+    // SAFETY: the path is a NUL-terminated string; open does not allocate.
+    let fd = unsafe { libc::open(c"/proc/self/stat".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // pid (comm) state ppid ... num_threads: the first 20 fields fit in a few hundred bytes.
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    while len < buf.len() {
+        // SAFETY: the pointer and length describe the unused tail of `buf`.
+        let n = unsafe { libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        len += n as usize;
+    }
+    // SAFETY: `fd` is the descriptor opened above.
+    unsafe { libc::close(fd) };
+    parse_num_threads(&buf[..len])
+}
+
+/// Field 20 (num_threads) of a `/proc/<pid>/stat` line. The command name (field 2, in
+/// parentheses) may hold spaces and parentheses: fields are counted after its last `)`.
+fn parse_num_threads(stat: &[u8]) -> Option<usize> {
+    let close = stat.iter().rposition(|&c| c == b')')?;
+    // After ")": field 3 (state) is the first; num_threads is the 18th.
+    let field = stat[close + 1..].split(|&c| c == b' ').filter(|f| !f.is_empty()).nth(17)?;
+    let mut n = 0usize;
+    for &c in field {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add((c - b'0') as usize)?;
+    }
+    (!field.is_empty()).then_some(n)
+}
+
+/// Blocks every signal (but those glibc reserves) on the calling thread; returns the mask to
+/// restore with [`set_signal_mask`].
+pub fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, valid when zeroed; both calls get valid pointers and
+    // are async-signal-safe.
+    unsafe {
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        old
+    }
+}
+
+/// Sets the calling thread's signal mask (one returned by [`block_signals`]).
+pub fn set_signal_mask(mask: &libc::sigset_t) {
+    // SAFETY: `mask` is a valid signal set; pthread_sigmask is async-signal-safe.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, ptr::null_mut()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn num_threads_field() {
+        let line = b"4242 (a) b (c)) S 1 2 3 0 -1 4194560 10 0 0 0 5 6 0 0 20 0 7 0 123 456 789\n";
+        assert_eq!(parse_num_threads(line), Some(7));
+        assert_eq!(parse_num_threads(b"1 (x) S 1 2"), None);
+        assert_eq!(parse_num_threads(b"no parenthesis"), None);
+    }
+
+    #[test]
+    fn thread_count_sees_a_new_thread() {
+        let before = thread_count().expect("/proc/self/stat");
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || rx.recv().ok());
+        assert_eq!(thread_count(), Some(before + 1));
+        tx.send(()).unwrap();
+        t.join().unwrap();
+    }
+}

@@ -11,6 +11,11 @@
 //! - `fork.c`: 300 forks while 4 threads allocate and use stdio; again with the threads
 //!   calling `malloc_trim`; again with child threads (which glibc starts with the thread
 //!   pointers of the parent's workers) freeing the workers' blocks;
+//! - `sigfork.c`: a single-threaded program whose SIGALRM handler forks (an interval timer
+//!   fires every 2 ms) while the main flow allocates, trims and forks: the handler's fork
+//!   lands inside the main flow's fork and malloc (preloaded and linked); again after a
+//!   thread ran and exited; again with a second thread signalling the main thread while it is
+//!   inside fork();
 //! - `thread_exit.c`: 2000 threads exiting with live blocks, racing exits, key destructors
 //!   that allocate after tidemalloc's exit handler;
 //! - `abort.c`: misuse dies by SIGABRT with a message naming tidemalloc, free and the pointer;
@@ -277,6 +282,63 @@ fn fork_child_threads_reuse_parent_thread_ids() {
     let r = exec(&bin, &["reuse"], Via::Preload, 120);
     assert_eq!(r.status.signal(), None, "fork test killed by a signal (SIGALRM = deadlock):\n{}", r.tail(30));
     assert_passed(&r, "fork reuse", "all exited 0");
+}
+
+// ---- sigfork.c ----
+
+/// Runs `sigfork` for 3 seconds; a deadlock ends it by its 30 s watchdog (SIGTERM) or the
+/// 60 s limit here.
+fn check_sigfork(via: Via, mode: &[&str], what: &str) {
+    let bin = compile("sigfork.c", via);
+    if via == Via::Link {
+        assert_links_tidemalloc(&bin);
+    }
+    let mut args = vec!["3"];
+    args.extend_from_slice(mode);
+    let r = exec(&bin, &args, via, 60);
+    assert!(
+        !r.timed_out && r.status.signal().is_none(),
+        "{what}: killed (SIGTERM from its watchdog or the time limit: deadlock):\n{}",
+        r.tail(30)
+    );
+    assert_passed(&r, what, "all exited 0");
+    eprintln!("{what}: {}", r.stdout.trim());
+}
+
+/// A signal handler forks while the main flow is inside fork() or malloc (single-threaded).
+#[test]
+fn fork_from_signal_handler_preloaded() {
+    if !gcc("fork_from_signal_handler_preloaded") {
+        return;
+    }
+    check_sigfork(Via::Preload, &[], "sigfork (LD_PRELOAD)");
+}
+
+#[test]
+fn fork_from_signal_handler_linked() {
+    if !gcc("fork_from_signal_handler_linked") {
+        return;
+    }
+    check_sigfork(Via::Link, &[], "sigfork (-ltidemalloc)");
+}
+
+/// As above in a process that had a second thread, which exited: glibc's single-threaded flag
+/// stays false, the thread count says one thread.
+#[test]
+fn fork_from_signal_handler_after_threads_exited() {
+    if !gcc("fork_from_signal_handler_after_threads_exited") {
+        return;
+    }
+    check_sigfork(Via::Preload, &["exited"], "sigfork exited");
+}
+
+/// Multi-threaded: a signal handler forks while its thread is inside fork().
+#[test]
+fn fork_from_signal_handler_inside_fork_with_threads() {
+    if !gcc("fork_from_signal_handler_inside_fork_with_threads") {
+        return;
+    }
+    check_sigfork(Via::Preload, &["threads"], "sigfork threads");
 }
 
 // ---- thread_exit.c ----
