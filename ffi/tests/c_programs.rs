@@ -245,7 +245,7 @@ fn check_sigfork(via: Via, mode: &[&str], what: &str) {
         "{what}: killed (SIGTERM from its watchdog or the time limit: deadlock):\n{}",
         r.tail(30)
     );
-    assert_passed(&r, what, "all exited 0");
+    assert_passed(&r, what, "no deadlock, all other children exited 0");
     eprintln!("{what}: {}", r.stdout.trim());
 }
 

@@ -18,7 +18,16 @@
  * there, and a handler running in that window would wait for them forever.
  *
  * Mode "exited": single-threaded again after a thread ran and exited (glibc's
- * __libc_single_threaded stays false: only the thread count says the process has one thread).
+ * __libc_single_threaded stays false: only the thread count says the process has one
+ * thread). The handler forks only while the main flow is outside fork(): glibc, which now
+ * takes its own fork lock across fork(), would deadlock there by itself.
+ *
+ * What is checked: no deadlock, in the parent or in any child; every child of the main flow,
+ * and of a handler fork that did not interrupt an allocator call, allocates, frees and exits
+ * 0. A handler that interrupted malloc, free or trim leaves the heap as that call left it
+ * (malloc is not async-signal-safe); its child must not deadlock (the locks are reset), but
+ * may crash on a half-done update, as glibc's children do (about 1.5% of them in this test
+ * with glibc's malloc): those crashes are counted and printed, not failed.
  *
  * Watchdogs: a POSIX timer sends SIGTERM (default action) to the main process after 30 s;
  * every child restores SIGALRM's default action and calls alarm(10) first, so a deadlocked
@@ -42,8 +51,12 @@
 #include <unistd.h>
 
 static volatile sig_atomic_t handler_forks, handler_failures, handler_fork_errors;
-static int threads_mode;
-static volatile sig_atomic_t in_fork; /* threads mode: the main flow is inside fork() */
+/* The main flow is inside its malloc/calloc/realloc/free/malloc_trim calls (set around the
+ * whole batch: an over-estimate); the handler forks that interrupted it, and how many of
+ * their children crashed on the state the interrupted call left. */
+static volatile sig_atomic_t in_alloc, handler_forks_in_alloc, torn_children;
+static int threads_mode, exited_mode;
+static volatile sig_atomic_t in_fork; /* the main flow is inside fork() */
 static volatile int stop;
 
 static void say(const char *msg) {
@@ -91,19 +104,26 @@ static int wait_ok(pid_t pid) {
 static void on_alarm(int sig) {
     (void)sig;
     if (threads_mode && !in_fork) return;
+    if (exited_mode && in_fork) return;
     int saved = errno;
+    int inside = in_alloc;
     pid_t pid = fork();
     if (pid == 0) child_work((unsigned)handler_forks);
     if (pid < 0) {
         handler_fork_errors++;
     } else {
         int r = wait_ok(pid);
-        if (r != 0) {
+        if (r == SIGALRM) {
             handler_failures++;
-            say(r == SIGALRM ? "sigfork: a handler's child deadlocked (killed by its watchdog)\n"
-                             : "sigfork: a handler's child failed\n");
+            say("sigfork: a handler's child deadlocked (killed by its watchdog)\n");
+        } else if (r != 0 && inside) {
+            torn_children++; /* tolerated: malloc is not async-signal-safe (glibc's crash too) */
+        } else if (r != 0) {
+            handler_failures++;
+            say("sigfork: a handler's child failed\n");
         }
         handler_forks++;
+        handler_forks_in_alloc += inside;
     }
     errno = saved;
 }
@@ -164,7 +184,8 @@ static void *signaller(void *arg) {
 int main(int argc, char **argv) {
     double seconds = argc > 1 ? atof(argv[1]) : 3.0;
     threads_mode = argc > 2 && strcmp(argv[2], "threads") == 0;
-    if (argc > 2 && strcmp(argv[2], "exited") == 0) {
+    exited_mode = argc > 2 && strcmp(argv[2], "exited") == 0;
+    if (exited_mode) {
         pthread_t t;
         if (pthread_create(&t, NULL, short_lived, NULL) != 0 || pthread_join(t, NULL) != 0) {
             perror("pthread_create");
@@ -208,6 +229,7 @@ int main(int argc, char **argv) {
     for (;;) {
         clock_gettime(CLOCK_MONOTONIC, &t);
         if ((t.tv_sec - t0.tv_sec) + (t.tv_nsec - t0.tv_nsec) / 1e9 >= seconds) break;
+        in_alloc = 1;
         for (int k = 0; k < 200; k++, ops++) {
             int i = (int)(next() % SLOTS);
             if (blk[i]) {
@@ -239,6 +261,7 @@ int main(int argc, char **argv) {
             fill(i);
         }
         malloc_trim(0);
+        in_alloc = 0;
         in_fork = 1;
         pid_t pid = fork();
         in_fork = 0;
@@ -270,7 +293,10 @@ int main(int argc, char **argv) {
                 (int)handler_fork_errors);
         return 1;
     }
-    printf("sigfork%s: %ld operations, %ld forks from the main flow, %d from the signal handler, all exited 0\n",
-           threads_mode ? " (threads)" : argc > 2 ? " (after a thread exited)" : "", ops, forks, (int)handler_forks);
+    printf("sigfork%s: %ld operations, %ld forks from the main flow, %d from the signal handler (%d while the "
+           "main flow was in malloc/free/trim, %d of whose children crashed on the heap state it left), no "
+           "deadlock, all other children exited 0\n",
+           threads_mode ? " (threads)" : argc > 2 ? " (after a thread exited)" : "", ops, forks, (int)handler_forks,
+           (int)handler_forks_in_alloc, (int)torn_children);
     return 0;
 }
