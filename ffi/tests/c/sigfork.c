@@ -11,11 +11,13 @@
  * the main flow's fork (after the pre-fork handler took the allocator's locks) and inside its
  * malloc, free and trim, with locks held.
  *
- * Mode "threads": the same with a second thread, which allocates and sends SIGALRM to the
- * main thread every 300 us (pthread_kill) instead of the timer; the handler forks only while
- * the main flow is inside fork() (glibc does not support a fork from a handler that
- * interrupted malloc in a multi-threaded process): the pre-fork handler holds every lock
- * there, and a handler running in that window would wait for them forever.
+ * Mode "threads": a second thread allocates all along, and the signal comes from inside the
+ * main flow's fork(), while tidemalloc's pre-fork handler holds every lock: the program
+ * registers its own pre-fork handler before its first malloc (so it runs after
+ * tidemalloc's, which registers at the first malloc), and that handler raises SIGALRM. No
+ * timer: glibc itself holds its fork lock across parts of fork() in a multi-threaded
+ * process, and a signal landing there would deadlock glibc. (glibc does not support a fork
+ * from a handler that interrupted malloc in a multi-threaded process either.)
  *
  * Mode "exited": single-threaded again after a thread ran and exited (glibc's
  * __libc_single_threaded stays false: only the thread count says the process has one
@@ -57,6 +59,7 @@ static volatile sig_atomic_t handler_forks, handler_failures, handler_fork_error
 static volatile sig_atomic_t in_alloc, handler_forks_in_alloc, torn_children;
 static int threads_mode, exited_mode;
 static volatile sig_atomic_t in_fork; /* the main flow is inside fork() */
+static volatile sig_atomic_t in_handler; /* the SIGALRM handler runs */
 static volatile int stop;
 
 static void say(const char *msg) {
@@ -104,6 +107,7 @@ static int wait_ok(pid_t pid) {
 static void on_alarm(int sig) {
     (void)sig;
     if (threads_mode && !in_fork) return;
+    in_handler = 1;
     if (exited_mode && in_fork) return;
     int saved = errno;
     int inside = in_alloc;
@@ -125,6 +129,7 @@ static void on_alarm(int sig) {
         handler_forks++;
         handler_forks_in_alloc += inside;
     }
+    in_handler = 0;
     errno = saved;
 }
 
@@ -167,23 +172,37 @@ static void *short_lived(void *arg) {
     return arg;
 }
 
-/* threads mode: allocates, and signals the main thread every 300 us. */
-static void *signaller(void *arg) {
-    pthread_t main_thread = *(pthread_t *)arg;
+/* threads mode: allocates all along. */
+static void *allocator_thread(void *arg) {
     void *keep[16] = {0};
     for (unsigned n = 0; !stop; n++) {
         free(keep[n % 16]);
         keep[n % 16] = malloc(n % 7 == 0 ? 140 * 1024 : 1 + n % 3000);
-        pthread_kill(main_thread, SIGALRM);
-        usleep(300);
+        if (n % 64 == 0) usleep(100);
     }
     for (int i = 0; i < 16; i++) free(keep[i]);
-    return NULL;
+    return arg;
+}
+
+/* threads mode: the main flow's forks in which SIGALRM was raised from inside the fork
+ * handlers, and how many of those found it blocked (tidemalloc's pre-fork handler had run:
+ * the signal waits for the end of its window). */
+static volatile sig_atomic_t raised_in_fork, raised_blocked;
+
+/* Registered before the first malloc, so it runs after tidemalloc's pre-fork handler. */
+static void raise_in_fork(void) {
+    if (!threads_mode || in_handler || !in_fork) return;
+    sigset_t cur;
+    pthread_sigmask(SIG_BLOCK, NULL, &cur);
+    raised_blocked += sigismember(&cur, SIGALRM) == 1;
+    raised_in_fork++;
+    raise(SIGALRM);
 }
 
 int main(int argc, char **argv) {
     double seconds = argc > 1 ? atof(argv[1]) : 3.0;
     threads_mode = argc > 2 && strcmp(argv[2], "threads") == 0;
+    if (threads_mode) pthread_atfork(raise_in_fork, NULL, NULL); /* before any malloc */
     exited_mode = argc > 2 && strcmp(argv[2], "exited") == 0;
     if (exited_mode) {
         pthread_t t;
@@ -213,9 +232,9 @@ int main(int argc, char **argv) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGALRM, &sa, NULL);
     struct itimerval tv = {.it_interval = {.tv_usec = 2000}, .it_value = {.tv_usec = 2000}};
-    pthread_t main_thread = pthread_self(), sig_thread;
+    pthread_t sig_thread;
     if (threads_mode) {
-        if (pthread_create(&sig_thread, NULL, signaller, &main_thread) != 0) {
+        if (pthread_create(&sig_thread, NULL, allocator_thread, NULL) != 0) {
             perror("pthread_create");
             return 1;
         }
@@ -287,6 +306,11 @@ int main(int argc, char **argv) {
     for (int i = 0; i < SLOTS; i++) {
         if (blk[i]) check(i);
         free(blk[i]);
+    }
+    if (threads_mode && (raised_in_fork == 0 || raised_blocked != raised_in_fork)) {
+        fprintf(stderr, "sigfork: SIGALRM raised in %d forks, blocked (inside tidemalloc's fork window) in %d\n",
+                (int)raised_in_fork, (int)raised_blocked);
+        return 1;
     }
     if (handler_failures || handler_fork_errors) {
         fprintf(stderr, "sigfork: %d handler children failed, %d handler forks failed\n", (int)handler_failures,
