@@ -308,49 +308,41 @@ extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
 // With other threads alive, the pre-fork handler takes every global lock, so the child copies
 // no half-updated structure, and the parent and child handlers release them. A signal handler
 // may call fork() while its thread is inside fork() or inside malloc (glibc supports this in a
-// single-threaded process); the handlers must not wait for a lock their own thread holds:
-// - Signals are blocked from the pre-fork handler to the parent or child handler, so no
-//   signal handler forks on this thread while it holds the locks (nor while glibc holds its
-//   fork lock, which it takes between the two when it thinks there are several threads).
+// single-threaded process); the handlers must neither wait for a lock their own thread holds
+// nor release one an outer level still needs:
 // - A single-threaded process takes no lock (as glibc does): nothing can race the forking
 //   thread but code it interrupted, and a lock that code holds would be waited for forever.
 //   The child then resets every lock: one that is held was held by the interrupted code,
 //   which does not run in the child (unless the handler returns there), and the child's own
 //   malloc and free must not wait for it.
-// (A handler that interrupts malloc in a multi-threaded process and forks is not supported,
-// as with glibc: other threads may be waiting for what the interrupted code holds.)
-
-/// What the pre-fork handler did, for the parent and child handlers.
-#[derive(Clone, Copy)]
-struct Forking {
-    /// The signal mask to restore.
-    mask: libc::sigset_t,
-    /// Whether it took the locks (several threads).
-    locked: bool,
-}
+// - A multi-threaded process blocks signals from the pre-fork handler until the parent or
+//   child handler, so no signal handler can fork on this thread while it holds the locks.
+//   (A handler that interrupts malloc in a multi-threaded process and forks is not
+//   supported, as with glibc: the other threads may wait for what the interrupted code holds.)
 
 thread_local! {
-    /// From the pre-fork handler to the parent or child handler on this thread; None
-    /// otherwise. No other fork can start on this thread in between (signals are blocked),
+    /// While this thread holds the fork locks (from the pre-fork handler of a multi-threaded
+    /// fork to its parent or child handler): the signal mask to restore. None otherwise. No
+    /// other level of fork can start on this thread while it is Some (signals are blocked),
     /// so one slot suffices.
-    static FORKING: Cell<Option<Forking>> = const { Cell::new(None) };
+    static FORK_HELD: Cell<Option<libc::sigset_t>> = const { Cell::new(None) };
 }
 
 extern "C" fn fork_prepare() {
-    let mask = os::block_signals();
-    let locked = !os::is_single_threaded();
-    if locked {
-        // The same order as everywhere else: backup heap, heap memory (no heap is created
-        // while it is held), every heap's segments (so no segment list is half updated in
-        // the child), abandoned list, arena, large blocks.
-        crate::lock::hold(&BACKUP);
-        crate::lock::hold(&META);
-        for_each_heap(|h| crate::lock::hold(segs_of(h)));
-        crate::lock::hold(&ABANDONED);
-        arena::lock_for_fork();
-        crate::large::lock_for_fork();
+    if os::is_single_threaded() {
+        return;
     }
-    FORKING.set(Some(Forking { mask, locked }));
+    let mask = os::block_signals();
+    // The same order as everywhere else: backup heap, heap memory (no heap is created while
+    // it is held), every heap's segments (so no segment list is half updated in the child),
+    // abandoned list, arena, large blocks.
+    crate::lock::hold(&BACKUP);
+    crate::lock::hold(&META);
+    for_each_heap(|h| crate::lock::hold(segs_of(h)));
+    crate::lock::hold(&ABANDONED);
+    arena::lock_for_fork();
+    crate::large::lock_for_fork();
+    FORK_HELD.set(Some(mask));
 }
 
 /// Calls `f` on every heap ever created (live, pooled or backup). Other threads may own
@@ -372,34 +364,33 @@ fn segs_of(h: *mut Heap) -> &'static Lock<HeapSegs> {
 }
 
 extern "C" fn fork_parent() {
-    let Some(f) = FORKING.take() else { return };
     // A single-threaded fork took nothing: whatever is held belongs to code this thread's
     // signal handler interrupted, which goes on when the handler returns.
-    if f.locked {
-        // SAFETY: fork_prepare took all of them on this thread.
+    if let Some(mask) = FORK_HELD.take() {
+        // SAFETY: fork_prepare took all of them on this thread (FORK_HELD says so).
         unsafe { release_fork_locks() };
+        os::set_signal_mask(&mask);
     }
-    os::set_signal_mask(&f.mask);
 }
 
 extern "C" fn fork_child() {
-    let Some(f) = FORKING.take() else { return };
+    let held = FORK_HELD.take();
     // A single-threaded fork from a signal handler that interrupted the arena: its state
     // may be half updated (see `arena::forget_free_spans`).
-    let arena_interrupted = !f.locked && arena::is_busy();
-    // SAFETY: several threads: fork_prepare took every lock on this thread, which is the
-    // child's only thread. One thread: a held lock was held by code of this thread that a
-    // signal handler interrupted; in the child that code does not run again unless the
+    let arena_interrupted = held.is_none() && arena::is_busy();
+    // SAFETY: multi-threaded: fork_prepare took every lock on this thread, which is the
+    // child's only thread. Single-threaded: a held lock was held by code of this thread that
+    // a signal handler interrupted; in the child that code does not run again unless the
     // handler returns (then the child has the heap in whatever state the interrupted code
     // left it, as with glibc), and releasing a free lock is a no-op.
     unsafe { release_fork_locks() };
-    if f.locked {
+    if let Some(mask) = held {
         abandon_other_heaps();
+        os::set_signal_mask(&mask);
     }
     if arena_interrupted {
         arena::forget_free_spans();
     }
-    os::set_signal_mask(&f.mask);
 }
 
 /// In a fork child only the forking thread exists: every other thread's heap is dead. Its

@@ -14,8 +14,8 @@
 //! - `sigfork.c`: a single-threaded program whose SIGALRM handler forks (an interval timer
 //!   fires every 2 ms) while the main flow allocates, trims and forks: the handler's fork
 //!   lands inside the main flow's fork and malloc (preloaded and linked); again after a
-//!   thread ran and exited; again with a second thread signalling the main thread while it is
-//!   inside fork();
+//!   thread ran and exited; again multi-threaded, with SIGALRM raised inside fork() while
+//!   tidemalloc's pre-fork handler holds its locks;
 //! - `thread_exit.c`: 2000 threads exiting with live blocks, racing exits, key destructors
 //!   that allocate after tidemalloc's exit handler;
 //! - `abort.c`: misuse dies by SIGABRT with a message naming tidemalloc, free and the pointer;
@@ -301,7 +301,7 @@ fn check_sigfork(via: Via, mode: &[&str], what: &str) {
         "{what}: killed (SIGTERM from its watchdog or the time limit: deadlock):\n{}",
         r.tail(30)
     );
-    assert_passed(&r, what, "all exited 0");
+    assert_passed(&r, what, "no deadlock, all other children exited 0");
     eprintln!("{what}: {}", r.stdout.trim());
 }
 
