@@ -192,8 +192,10 @@ pub unsafe fn free_segments(base: *mut u8, n: usize, from_mmap: bool) {
     let len = n << SEGMENT_SHIFT;
     if from_mmap {
         // SAFETY: per the contract, the mapping is ours and dead.
-        unsafe { os::munmap(base, len) };
-        stats::add_arena_mmap_bytes(-(len as isize));
+        // A mapping the kernel would not remove stays mapped and unused (counted as held).
+        if unsafe { os::munmap(base, len) } {
+            stats::add_arena_mmap_bytes(-(len as isize));
+        }
         return;
     }
     let mut a = ARENA.lock();
@@ -435,7 +437,10 @@ impl Arena {
     /// purge delay before `now`.
     fn oldest_purgeable(&self, now: u64) -> Option<usize> {
         (0..self.nspans)
-            .filter(|&i| self.spans[i].dirty && (!self.spans[i].failed || Self::is_due(&self.spans[i], now)))
+            .filter(|&i| {
+                let s = &self.spans[i];
+                s.dirty && (!s.failed || (s.since < now && Self::is_due(s, now)))
+            })
             .min_by_key(|&i| self.spans[i].since)
     }
 

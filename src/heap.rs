@@ -82,6 +82,10 @@ pub struct HeapSegs {
     /// Bytes of free pages still resident in segments that hold live blocks (approximate:
     /// it only decides when to release them).
     dirty_pages: usize,
+    /// When a release of free pages last failed (ms; 0 for never): beyond the dirty cap the
+    /// next release waits a purge delay after it, so locked memory is not retried on every
+    /// free.
+    release_failed_at: u64,
 }
 
 // SAFETY: the segments are only touched under the lock that owns the struct.
@@ -234,6 +238,9 @@ fn with_heap_slow<R>(f: impl FnOnce(&Heap) -> R) -> Option<R> {
         h.thread_id.set(BACKUP_TID);
         b.0 = h as *const Heap as *mut Heap;
     }
+    // Every free into the backup heap's pages is a cross-thread free: make sure the timed
+    // pass collects them (cheap when one is scheduled already).
+    schedule_abandoned_purge();
     // SAFETY: the backup heap is only used under this lock.
     Some(f(unsafe { &*b.0 }))
 }
@@ -267,6 +274,7 @@ impl Meta {
                     queues: [const { SegQueue::new() }; PAGED_KINDS],
                     empty: [0; PAGED_KINDS],
                     dirty_pages: 0,
+                    release_failed_at: 0,
                 }));
                 (*b).heap.segs = ptr::addr_of!((*b).segs);
                 ptr::addr_of_mut!((*b).heap)
@@ -705,10 +713,16 @@ impl HeapSegs {
             // Free pages stay resident for reuse; the owner releases them after the purge
             // delay (see `Heap::purge_pages_if_due`), or at once beyond the dirty cap.
             self.dirty_pages += seg.page_area(i).1;
-            if self.dirty_pages > options::get(Opt::DirtyMax) {
+            if self.dirty_pages > options::get(Opt::DirtyMax) && self.may_retry_release() {
                 self.release_all_free_pages();
             }
         }
+    }
+
+    /// Whether no release failed within the last purge delay.
+    fn may_retry_release(&self) -> bool {
+        self.release_failed_at == 0
+            || os::now_ms() >= self.release_failed_at.saturating_add(options::get(Opt::PurgeDelay) as u64)
     }
 
     /// Releases the free pages of every segment (madvise). False if a release failed (the
@@ -729,6 +743,7 @@ impl HeapSegs {
             }
         }
         self.dirty_pages = dirty_left;
+        self.release_failed_at = if all { 0 } else { os::now_ms().max(1) };
         all
     }
 

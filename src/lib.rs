@@ -159,6 +159,9 @@ fn alloc_cold(size: usize, zero: bool) -> *mut u8 {
 }
 
 fn alloc_cold_inner(size: usize, zero: bool) -> *mut u8 {
+    if size > isize::MAX as usize {
+        return ptr::null_mut(); // no block can be that large: fail at once, trim nothing
+    }
     if size >= mmap_threshold() && large::may_map() {
         let p = large::alloc(size, MIN_ALIGN, zero);
         if !p.is_null() {
@@ -194,15 +197,15 @@ pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
 
 // ---- the perturb byte (glibc's M_PERTURB / MALLOC_PERTURB_, a debugging aid) ----
 
-/// With the perturb byte `c` set, fills the new arena block `p` (null allowed) with `!c`:
-/// code that reads memory it never wrote sees garbage, not zeros. Blocks in their own mapping
-/// are fresh zero pages, which glibc does not fill either. Costs the malloc fast path
-/// nothing: while the byte is set, every allocation takes the cold path (`small_limit` 0).
+/// With the perturb byte `c` set, fills the new block `p` (null allowed) with `!c`, as
+/// glibc's malloc does (its mmapped chunks included): code that reads memory it never wrote
+/// sees garbage, not zeros or an earlier block's data. Costs the malloc fast path nothing:
+/// while the byte is set, every allocation takes the cold path (`small_limit` 0).
 #[inline(always)]
 fn perturb_new(p: *mut u8, size: usize) {
     let c = options::get(Opt::Perturb) as u8;
-    if c != 0 && segment::lookup(p).is_some() {
-        // SAFETY: `p` is a fresh arena block of at least `size` bytes.
+    if c != 0 && !p.is_null() {
+        // SAFETY: `p` is a fresh block of at least `size` bytes.
         unsafe { ptr::write_bytes(p, !c, size) };
     }
 }

@@ -100,9 +100,15 @@ pub fn small_limit() -> usize {
     SMALL_LIMIT.load(Relaxed)
 }
 
+/// Serialises [`store`]: `SMALL_LIMIT` is computed from two tunables that different threads
+/// may change at once (a large free adapts the threshold while another thread sets the
+/// perturb byte).
+static STORE_LOCK: crate::lock::Lock<()> = crate::lock::Lock::new(());
+
 /// Stores a tunable, keeping `SMALL_LIMIT` in step with the mmap threshold and the perturb
 /// byte.
 fn store(opt: Opt, value: usize) {
+    let _serial = STORE_LOCK.lock();
     VALUES[opt as usize].store(value, Relaxed);
     if matches!(opt, Opt::MmapThreshold | Opt::Perturb) {
         let limit = get(Opt::MmapThreshold).min(crate::size_class::MAX_CLASS_SIZE + 1);

@@ -18,9 +18,11 @@
 //! freed, cleared when it is handed out). `free` reads that word before linking the block:
 //! finding the mark means the block is on a list already, so a double free is caught before
 //! any list is touched, whoever frees and however late. Another thread's free swaps the mark
-//! in atomically, so two racing frees of one block cannot both pass. A live block reads as
-//! marked only if the program stored exactly that value (a function of the block's own
-//! address) there.
+//! in atomically, so two racing remote frees of one block cannot both pass (the owner's free
+//! is a plain check and store: a free by the owner at the very moment another thread frees
+//! the same block may go unseen). A live block reads as marked only if the program stored
+//! exactly that value (a function of the block's own address) there. A page given back to
+//! its segment has no carved block (`reset`), so a free into it, however late, is refused.
 //!
 //! **Sharing.** Descriptors are read by other threads (a remote free reads the block size,
 //! the carved capacity and the flags), so they are only ever reached through shared
@@ -131,9 +133,13 @@ impl Page {
     }
 
     /// Marks the page unused.
+    /// Marks the page unused. `capacity` goes to 0 too, so `block_of` finds no block in it:
+    /// a late second free of one of its blocks (whose mark a purge may have wiped) is an
+    /// invalid pointer, not a block linked into a page nobody owns.
     pub fn reset(&self) {
         self.block_size.set(0);
         self.reserved.set(0);
+        self.capacity.store(0, Ordering::Relaxed);
         self.flags.store(0, Ordering::Relaxed);
     }
 

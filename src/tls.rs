@@ -18,17 +18,46 @@ mod imp {
     // file defines it once, and weak so the objects of one link share it. (A definition in
     // `global_asm!` alone is invisible to the archive index of an rlib, and a program linked
     // without LTO would miss it.)
+    // The symbol's name carries the crate's version, so two different versions of tidemalloc
+    // linked into one program keep two words (two copies of one version in one link share
+    // it, and would share their heaps: link one copy).
+    macro_rules! word {
+        () => {
+            concat!(
+                "tidemalloc_thread_heap_v",
+                env!("CARGO_PKG_VERSION_MAJOR"),
+                "_",
+                env!("CARGO_PKG_VERSION_MINOR"),
+                "_",
+                env!("CARGO_PKG_VERSION_PATCH")
+            )
+        };
+    }
+
     macro_rules! define_word {
         () => {
             concat!(
-                ".ifndef tidemalloc_thread_heap\n",
-                ".pushsection .tbss.tidemalloc_thread_heap,\"awT\",@nobits\n",
+                ".ifndef ",
+                word!(),
+                "\n",
+                ".pushsection .tbss.",
+                word!(),
+                ",\"awT\",@nobits\n",
                 ".p2align 3\n",
-                ".weak tidemalloc_thread_heap\n",
-                ".hidden tidemalloc_thread_heap\n",
-                ".type tidemalloc_thread_heap,@object\n",
-                ".size tidemalloc_thread_heap,8\n",
-                "tidemalloc_thread_heap:\n",
+                ".weak ",
+                word!(),
+                "\n",
+                ".hidden ",
+                word!(),
+                "\n",
+                ".type ",
+                word!(),
+                ",@object\n",
+                ".size ",
+                word!(),
+                ",8\n",
+                word!(),
+                ":\n",
                 ".zero 8\n",
                 ".popsection\n",
                 ".endif\n",
@@ -46,7 +75,7 @@ mod imp {
         unsafe {
             core::arch::asm!(
                 define_word!(),
-                "mov {v}, qword ptr [rip + tidemalloc_thread_heap@GOTTPOFF]",
+                concat!("mov {v}, qword ptr [rip + ", word!(), "@GOTTPOFF]"),
                 "mov {v}, qword ptr fs:[{v}]",
                 v = out(reg) v,
                 options(nostack, readonly, preserves_flags, pure),
@@ -63,7 +92,7 @@ mod imp {
         unsafe {
             core::arch::asm!(
                 define_word!(),
-                "mov {t}, qword ptr [rip + tidemalloc_thread_heap@GOTTPOFF]",
+                concat!("mov {t}, qword ptr [rip + ", word!(), "@GOTTPOFF]"),
                 "mov qword ptr fs:[{t}], {v}",
                 t = out(reg) _,
                 v = in(reg) value,

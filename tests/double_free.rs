@@ -213,6 +213,39 @@ fn huge_double_free() {
     expect_abort(NAME, "free(): ");
 }
 
+#[test]
+fn double_free_after_its_page_was_released_and_purged() {
+    const NAME: &str = "double_free_after_its_page_was_released_and_purged";
+    if common::is_child(NAME) {
+        // Three pages' worth of 48-byte blocks; empty the page of the last one, which goes
+        // back to its segment and (purge delay 0) has its memory released, mark and all.
+        let v = blocks(3000, 48);
+        let page = |p: usize| p >> 16;
+        let last = page(*v.last().unwrap());
+        let (gone, kept): (Vec<usize>, Vec<usize>) = v.iter().partition(|&&p| page(p) == last);
+        assert!(!kept.is_empty() && gone.len() > 10, "set-up: {} blocks in the last page", gone.len());
+        free_all(&gone);
+        // Slow paths run the purge: 20 KiB blocks come from other (medium) segments, and
+        // nothing small is allocated meanwhile, so the emptied page is not reused.
+        let mut big = [std::ptr::null_mut::<u8>(); 40];
+        for _ in 0..3 {
+            for b in big.iter_mut() {
+                *b = malloc(20000);
+            }
+            for &b in &big {
+                // SAFETY: live blocks of ours.
+                unsafe { free(b) };
+            }
+        }
+        free_announced(gone[0]);
+        unreachable!("a late double free returned");
+    }
+    let out = common::run_child_env(NAME, NAME, &[("TIDEMALLOC_PURGE_DELAY", "0")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "no SIGABRT: {}", common::describe(&out));
+    assert!(err.lines().any(|l| l.starts_with("tidemalloc: free(): ")), "no message: {}", common::describe(&out));
+}
+
 /// Blocks whose contents look like anything (every word of them set to its own address, to
 /// its complement, to the patterns a freed block holds) are freed without complaint.
 #[test]

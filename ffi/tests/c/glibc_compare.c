@@ -30,6 +30,12 @@ static size_t count_bytes(const unsigned char *p, size_t n, unsigned char c) {
     return k;
 }
 
+/* "all" when every byte of p[0..n) is c, else "not all": memory that is not filled holds old
+ * data, whose bytes may equal c by chance (pointers, the allocators' own words). */
+static const char *filled(const unsigned char *p, size_t n, unsigned char c) {
+    return count_bytes(p, n, c) == n ? "all" : "not all";
+}
+
 /* Sizes differ from one report to the next: glibc does not perturb blocks it hands out again
  * from its per-thread cache (tcache), so each report asks for sizes not freed before. */
 static void perturb_report(const char *when) {
@@ -37,13 +43,17 @@ static void perturb_report(const char *when) {
     k++;
     size_t n1 = 100 + 160 * k, n2 = 3000 + 400 * k;
     unsigned char *p = malloc(n1), *q = malloc(n2), *z = calloc(1, n1), *a = memalign(64, n1);
-    printf("%s: malloc(%zu) bytes == 0xa5: %zu, malloc(%zu): %zu, calloc(1, %zu) zero: %zu, memalign(64, %zu): %zu\n",
-           when, n1, count_bytes(p, n1, 0xa5), n2, count_bytes(q, n2, 0xa5), n1, count_bytes(z, n1, 0), n1,
-           count_bytes(a, n1, 0xa5));
+    printf("%s: malloc(%zu) bytes == 0xa5: %s, malloc(%zu): %s, calloc(1, %zu) zero: %s, memalign(64, %zu): %s\n",
+           when, n1, filled(p, n1, 0xa5), n2, filled(q, n2, 0xa5), n1, filled(z, n1, 0), n1, filled(a, n1, 0xa5));
     free(p);
     free(q);
     free(z);
     free(a);
+    /* A block above the mmap threshold: glibc fills its mmapped chunks too. */
+    size_t n3 = ((size_t)1 << 20) + 4096 * k;
+    unsigned char *l = malloc(n3);
+    printf("%s: malloc(%zu) bytes == 0xa5: %s\n", when, n3, filled(l, n3, 0xa5));
+    free(l);
 }
 
 int main(int argc, char **argv) {
