@@ -5,7 +5,6 @@
 //! cases run in a child process (the test binary re-executed).
 
 use std::alloc::{Layout, alloc, alloc_zeroed, dealloc};
-use std::os::unix::process::ExitStatusExt;
 use tidemalloc::{aligned_alloc, aligned_alloc_zeroed, calloc, free, malloc, realloc, usable_size};
 
 #[global_allocator]
@@ -252,26 +251,7 @@ fn expect_abort(test_name: &str, what: &str) {
 }
 
 fn expect_abort_env(test_name: &str, what: &str, env: &[(&str, &str)]) {
-    let out = common::run_child_env(test_name, test_name, env);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGABRT),
-        "the child did not die of SIGABRT: {}",
-        common::describe(&out)
-    );
-    let ptr = err
-        .lines()
-        .find_map(|l| l.strip_prefix("PTR="))
-        .unwrap_or_else(|| panic!("the child printed no pointer: {}", common::describe(&out)))
-        .trim()
-        .to_string();
-    let line = err
-        .lines()
-        .find(|l| l.contains("tidemalloc"))
-        .unwrap_or_else(|| panic!("no tidemalloc message: {}", common::describe(&out)));
-    assert!(line.contains(what), "message {line:?} does not say {what:?}");
-    assert!(line.contains(&ptr), "message {line:?} does not name the pointer {ptr}");
+    common::expect_abort(test_name, what, env);
 }
 
 /// (Without the `override` feature only: with it, `libc::malloc` is tidemalloc's.)

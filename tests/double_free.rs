@@ -15,24 +15,8 @@ static A: tidemalloc::TideMalloc = tidemalloc::TideMalloc;
 
 mod common;
 
-/// Runs `name` as a child and checks it died of SIGABRT saying `what` about the pointer it
-/// printed as `PTR=0x...`.
 fn expect_abort(name: &str, what: &str) {
-    let out = common::run_child_env(name, name, &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "no SIGABRT: {}", common::describe(&out));
-    let ptr = err
-        .lines()
-        .find_map(|l| l.strip_prefix("PTR="))
-        .unwrap_or_else(|| panic!("the child printed no pointer: {}", common::describe(&out)))
-        .trim()
-        .to_string();
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("tidemalloc:"))
-        .unwrap_or_else(|| panic!("no tidemalloc message: {}", common::describe(&out)));
-    assert!(line.contains(what), "message {line:?} does not say {what:?}");
-    assert!(line.contains(&ptr), "message {line:?} does not name the pointer {ptr}");
+    common::expect_abort(name, what, &[]);
 }
 
 /// `n` blocks of `size` bytes, each filled.

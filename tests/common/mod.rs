@@ -361,3 +361,24 @@ pub fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// Runs `test_name` as a child (with `env`) and checks it died of SIGABRT with a tidemalloc
+/// message that contains `what` and the pointer the child printed as `PTR=0x...`.
+pub fn expect_abort(test_name: &str, what: &str, env: &[(&str, &str)]) {
+    use std::os::unix::process::ExitStatusExt;
+    let out = run_child_env(test_name, test_name, env);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "the child did not die of SIGABRT: {}", describe(&out));
+    let ptr = err
+        .lines()
+        .find_map(|l| l.strip_prefix("PTR="))
+        .unwrap_or_else(|| panic!("the child printed no pointer: {}", describe(&out)))
+        .trim()
+        .to_string();
+    let line = err
+        .lines()
+        .find(|l| l.contains("tidemalloc"))
+        .unwrap_or_else(|| panic!("no tidemalloc message: {}", describe(&out)));
+    assert!(line.contains(what), "message {line:?} does not say {what:?}");
+    assert!(line.contains(&ptr), "message {line:?} does not name the pointer {ptr}");
+}
