@@ -5,7 +5,12 @@
 //! `target/compare/`.
 //!
 //! Options (after `--`): `--quick` (one round, scale 0.2), `--rounds N`, `--scale X`,
-//! `--threads N`, `--only NAME[,NAME...]` (workload names, substring match).
+//! `--threads N`, `--only NAME[,NAME...]` (workload names, substring match), `--instructions`
+//! (also count instructions per operation under callgrind for every allocator, as `cargo
+//! bench --bench instructions` does, into the same report).
+
+#[path = "instr/mod.rs"]
+mod instr;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -26,10 +31,11 @@ struct Options {
     scale: f64,
     threads: usize,
     only: Vec<String>,
+    instructions: bool,
 }
 
 fn parse_args() -> Options {
-    let mut o = Options { rounds: 5, scale: 1.0, threads: 2, only: Vec::new() };
+    let mut o = Options { rounds: 5, scale: 1.0, threads: 2, only: Vec::new(), instructions: false };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().unwrap_or_else(|| die(&format!("{name} needs a value")));
@@ -42,10 +48,11 @@ fn parse_args() -> Options {
             "--scale" => o.scale = value("--scale").parse().unwrap_or_else(|_| die("--scale X")),
             "--threads" => o.threads = value("--threads").parse().unwrap_or_else(|_| die("--threads N")),
             "--only" => o.only.extend(value("--only").split(',').map(str::to_owned)),
+            "--instructions" => o.instructions = true,
             "--bench" => {} // passed by cargo bench
             "-h" | "--help" => {
                 println!(
-                    "cargo bench --bench compare -- [--quick] [--rounds N] [--scale X] [--threads N] [--only NAME,...]"
+                    "cargo bench --bench compare -- [--quick] [--rounds N] [--scale X] [--threads N] [--only NAME,...] [--instructions]"
                 );
                 std::process::exit(0);
             }
@@ -163,6 +170,30 @@ fn main() {
     fs::write(out.join("results.md"), report.markdown(&header)).expect("write results.md");
     fs::write(out.join("chart.svg"), report.svg(&header)).expect("write chart.svg");
     println!("\nwritten: {0}/results.csv, {0}/results.md, {0}/chart.svg", out.display());
+    if opts.instructions {
+        instructions_report(&root, &out, &allocs);
+    }
+}
+
+/// Instructions per operation under callgrind for every allocator, next to the timing table:
+/// printed, and appended to results.md and results.csv.
+fn instructions_report(root: &Path, out: &Path, allocs: &[Alloc]) {
+    if !instr::have_valgrind() {
+        eprintln!("compare: --instructions skipped: valgrind is not installed (apt-get install valgrind)");
+        return;
+    }
+    let bin = instr::build(root, out).unwrap_or_else(|e| die(&e));
+    let list: Vec<(String, Option<PathBuf>)> = allocs.iter().map(|a| (a.name.clone(), a.preload.clone())).collect();
+    let table = instr::Table::measure(&bin, &list);
+    println!("\ninstructions per operation (callgrind; the loop included):\n\n{}", table.text());
+    let append = |name: &str, text: String| {
+        let path = out.join(name);
+        let mut f = fs::OpenOptions::new().append(true).open(&path).expect("open the report");
+        f.write_all(text.as_bytes()).expect("append to the report");
+    };
+    append("results.md", format!("\n## Instructions per operation (callgrind)\n\n{}", table.markdown()));
+    append("results.csv", format!("\n{}", table.csv()));
+    println!("appended to {0}/results.md and {0}/results.csv", out.display());
 }
 
 // ---------------------------------------------------------------- building
