@@ -98,28 +98,23 @@ struct HeapBox {
     segs: Lock<HeapSegs>,
 }
 
-/// This thread's heap (in `tls`): null before its first allocation, `DEAD` after its exit
-/// handler.
-struct ThreadHeap;
-
-impl ThreadHeap {
-    #[inline(always)]
-    fn get(&self) -> *mut Heap {
-        crate::tls::get().cast()
-    }
-
-    fn set(&self, h: *mut Heap) {
-        crate::tls::set(h.cast());
-    }
+/// This thread's heap (the word in `tls`): null before its first allocation, `DEAD` after
+/// its exit handler.
+#[inline(always)]
+fn thread_heap() -> *mut Heap {
+    crate::tls::get().cast()
 }
 
-static HEAP: ThreadHeap = ThreadHeap;
+fn set_thread_heap(h: *mut Heap) {
+    crate::tls::set(h.cast());
+}
+
 const DEAD: *mut Heap = ptr::dangling_mut::<Heap>();
 
 /// The calling thread's heap, if it has a live one.
 #[inline(always)]
 pub fn current() -> Option<&'static Heap> {
-    let h = HEAP.get();
+    let h = thread_heap();
     // SAFETY: a TLS value above DEAD is this thread's heap, which lives forever.
     if (h as usize) > DEAD as usize { Some(unsafe { &*h }) } else { None }
 }
@@ -199,7 +194,7 @@ fn init_slow() {
 /// allocations then use the backup heap).
 #[cold]
 fn current_or_create() -> Option<&'static Heap> {
-    let h = HEAP.get();
+    let h = thread_heap();
     if h == DEAD {
         return None;
     }
@@ -210,7 +205,7 @@ fn current_or_create() -> Option<&'static Heap> {
     ensure_init();
     let heap = META.lock().new_heap()?;
     heap.thread_id.set(os::thread_id());
-    HEAP.set(heap as *const Heap as *mut Heap);
+    set_thread_heap(heap as *const Heap as *mut Heap);
     // SAFETY: the key was created in ensure_init; glibc stores values of low keys without
     // allocating (and if it did, the TLS slot is already set, so the call would succeed).
     unsafe { libc::pthread_setspecific(KEY.load(Ordering::Relaxed), (heap as *const Heap).cast()) };
@@ -302,7 +297,7 @@ impl Meta {
 /// pthread key destructor: the thread is exiting.
 extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
     let heap = arg.cast::<Heap>();
-    HEAP.set(DEAD);
+    set_thread_heap(DEAD);
     // SAFETY: the key's value is this thread's heap; nothing else uses it any more.
     unsafe { (*heap).abandon() };
     let mut m = META.lock();
