@@ -7,7 +7,9 @@
 //! Options (after `--`): `--quick` (one round, scale 0.2), `--rounds N`, `--scale X`,
 //! `--threads N`, `--only NAME[,NAME...]` (workload names, substring match), `--instructions`
 //! (also count instructions per operation under callgrind for every allocator, as `cargo
-//! bench --bench instructions` does, into the same report).
+//! bench --bench instructions` does, into the same report), `--prof` (adds a column
+//! `tidemalloc+prof`: tidemalloc with the heap profiler on at its default rate, writing its
+//! profiles to `target/compare/prof/`).
 
 #[path = "instr/mod.rs"]
 mod instr;
@@ -32,10 +34,11 @@ struct Options {
     threads: usize,
     only: Vec<String>,
     instructions: bool,
+    prof: bool,
 }
 
 fn parse_args() -> Options {
-    let mut o = Options { rounds: 5, scale: 1.0, threads: 2, only: Vec::new(), instructions: false };
+    let mut o = Options { rounds: 5, scale: 1.0, threads: 2, only: Vec::new(), instructions: false, prof: false };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().unwrap_or_else(|| die(&format!("{name} needs a value")));
@@ -49,10 +52,11 @@ fn parse_args() -> Options {
             "--threads" => o.threads = value("--threads").parse().unwrap_or_else(|_| die("--threads N")),
             "--only" => o.only.extend(value("--only").split(',').map(str::to_owned)),
             "--instructions" => o.instructions = true,
+            "--prof" => o.prof = true,
             "--bench" => {} // passed by cargo bench
             "-h" | "--help" => {
                 println!(
-                    "cargo bench --bench compare -- [--quick] [--rounds N] [--scale X] [--threads N] [--only NAME,...] [--instructions]"
+                    "cargo bench --bench compare -- [--quick] [--rounds N] [--scale X] [--threads N] [--only NAME,...] [--instructions] [--prof]"
                 );
                 std::process::exit(0);
             }
@@ -72,6 +76,8 @@ struct Alloc {
     name: String,
     /// Library to preload (none for glibc; for tidemalloc the freshly built .so).
     preload: Option<PathBuf>,
+    /// Environment variables set for the run.
+    env: Vec<(String, String)>,
 }
 
 /// How a workload is started.
@@ -112,11 +118,20 @@ fn main() {
     let machine = machine_description();
     eprintln!("compare: {machine}");
     let so = build_library(&root, &target);
-    let mut allocs =
-        vec![Alloc { name: "glibc".into(), preload: None }, Alloc { name: "tidemalloc".into(), preload: Some(so) }];
+    let mut allocs = vec![
+        Alloc { name: "glibc".into(), preload: None, env: Vec::new() },
+        Alloc { name: "tidemalloc".into(), preload: Some(so.clone()), env: Vec::new() },
+    ];
+    if opts.prof {
+        let dir = out.join("prof");
+        fs::create_dir_all(&dir).expect("create target/compare/prof");
+        let prefix = dir.join("profile").to_string_lossy().into_owned();
+        let env = vec![("TIDEMALLOC_PROF".into(), "1".into()), ("TIDEMALLOC_PROF_PREFIX".into(), prefix)];
+        allocs.push(Alloc { name: "tidemalloc+prof".into(), preload: Some(so), env });
+    }
     for (name, path, pkg) in PEERS {
         if Path::new(path).exists() {
-            allocs.push(Alloc { name: name.into(), preload: Some(path.into()) });
+            allocs.push(Alloc { name: name.into(), preload: Some(path.into()), env: Vec::new() });
         } else {
             eprintln!("compare: {name} skipped: not installed (apt-get install {pkg})");
         }
@@ -183,7 +198,8 @@ fn instructions_report(root: &Path, out: &Path, allocs: &[Alloc]) {
         return;
     }
     let bin = instr::build(root, out).unwrap_or_else(|e| die(&e));
-    let list: Vec<(String, Option<PathBuf>)> = allocs.iter().map(|a| (a.name.clone(), a.preload.clone())).collect();
+    let list: Vec<(String, Option<PathBuf>)> =
+        allocs.iter().filter(|a| a.env.is_empty()).map(|a| (a.name.clone(), a.preload.clone())).collect();
     let table = instr::Table::measure(&bin, &list);
     println!("\ninstructions per operation (callgrind; the loop included):\n\n{}", table.text());
     let append = |name: &str, text: String| {
@@ -373,7 +389,7 @@ fn workloads(root: &Path, out: &Path, opts: &Options) -> Vec<Workload> {
 // ---------------------------------------------------------------- running
 
 fn run_once(w: &Workload, a: &Alloc, opts: &Options, out: &Path) -> Run {
-    let tidemalloc = a.name == "tidemalloc";
+    let tidemalloc = a.name.starts_with("tidemalloc");
     let (mut cmd, preload) = match &w.launch {
         Launch::Own(bin) => {
             let mut c = Command::new(bin);
@@ -397,6 +413,7 @@ fn run_once(w: &Workload, a: &Alloc, opts: &Options, out: &Path) -> Run {
     if let Some(p) = preload {
         cmd.env("LD_PRELOAD", p);
     }
+    cmd.envs(a.env.iter().map(|(k, v)| (k, v)));
     let stdout_path = out.join("stdout.tmp");
     let stderr_path = out.join("stderr.tmp");
     cmd.stdout(fs::File::create(&stdout_path).expect("create stdout file"));

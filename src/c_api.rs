@@ -356,3 +356,18 @@ pub extern "C" fn tidemalloc_print_stats(fd: c_int) {
 pub extern "C" fn tidemalloc_trim(pad: usize) -> c_int {
     crate::trim(pad) as c_int
 }
+
+/// Writes a heap profile to `path` (NULL: the automatic name); 0 on success, -1 with errno
+/// set on failure (ENOSYS: profiling is off; EBUSY: a dump is running).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tidemalloc_prof_dump(path: *const libc::c_char) -> c_int {
+    // SAFETY: the caller passes NULL or a NUL-terminated string.
+    let path = (!path.is_null()).then(|| unsafe { core::ffi::CStr::from_ptr(path) });
+    if crate::prof_dump(path) { 0 } else { -1 }
+}
+
+/// Writes the leak report (sampled blocks still live, by stack) to `fd`.
+#[unsafe(no_mangle)]
+pub extern "C" fn tidemalloc_leak_report(fd: c_int) {
+    crate::leak_report(fd);
+}

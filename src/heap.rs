@@ -41,6 +41,10 @@ const RECLAIM_LIMIT: usize = 4;
 /// Thread id of the backup heap: no real thread has it, so frees into its pages always take
 /// the cross-thread path.
 const BACKUP_TID: usize = 1;
+/// Thread id of the sample heap (`segment::HUGE_FREED` is 2): every block in its segments is
+/// a heap-profiler sample, and frees into it take the cross-thread path, where `free` looks
+/// for samples.
+pub const SAMPLE_TID: usize = 3;
 /// Empty segments a heap keeps per kind (against alloc/free churn at segment scale).
 const KEEP_EMPTY: usize = 1;
 
@@ -59,8 +63,11 @@ pub struct Heap {
     pub bins: [PageQueue; NCLASSES],
     /// The owning thread's `os::thread_id`.
     pub thread_id: Cell<usize>,
-    /// Bytes handed out minus bytes given back, not yet flushed to the global figure.
+    /// Bytes handed out and given back, and the profiler's sampling clock (its sample point
+    /// is never reached with profiling off, nor in the backup heap).
     pub in_use: LocalInUse,
+    /// The profiler's random state (sample spacing).
+    rng: Cell<u64>,
     /// The segments this heap owns; a separate object so `trim` can reach it from any thread.
     segs: *const Lock<HeapSegs>,
     /// When the free pages of partly used segments are to be released (ms), 0 when none is
@@ -145,6 +152,13 @@ struct Backup(*mut Heap);
 // SAFETY: the heap is only touched under the lock that owns the struct.
 unsafe impl Send for Backup {}
 static BACKUP: Lock<Backup> = Lock::new(Backup(ptr::null_mut()));
+/// The heap of sampled small blocks (see `SAMPLE_TID`), used under its lock.
+static SAMPLES: Lock<Backup> = Lock::new(Backup(ptr::null_mut()));
+
+/// Whether `tid` is that of a heap used under a lock by any thread (backup, samples).
+fn is_locked_heap(tid: usize) -> bool {
+    tid == BACKUP_TID || tid == SAMPLE_TID
+}
 
 static INIT: AtomicU8 = AtomicU8::new(0);
 const INIT_DONE: u8 = 2;
@@ -170,6 +184,7 @@ fn init_slow() {
         return;
     }
     crate::options::load_from_env();
+    crate::prof::init();
     if os::sysconf_page_size() != os::PAGE_SIZE {
         crate::eprint_noalloc!(
             "tidemalloc: fatal: built for {}-byte pages, system has {}\n",
@@ -205,6 +220,7 @@ fn current_or_create() -> Option<&'static Heap> {
     ensure_init();
     let heap = META.lock().new_heap()?;
     heap.thread_id.set(os::thread_id());
+    heap.restart_sample_clock();
     set_thread_heap(heap as *const Heap as *mut Heap);
     // SAFETY: the key was created in ensure_init; glibc stores values of low keys without
     // allocating (and if it did, the TLS slot is already set, so the call would succeed).
@@ -227,16 +243,26 @@ fn with_heap_slow<R>(f: impl FnOnce(&Heap) -> R) -> Option<R> {
     if let Some(h) = current_or_create() {
         return Some(f(h));
     }
-    let mut b = BACKUP.lock();
+    with_locked_heap(&BACKUP, BACKUP_TID, f)
+}
+
+/// Runs `f` on the sample heap (under its lock): where the heap profiler's sampled small
+/// blocks come from. None if it could not be created.
+pub fn with_sample_heap<R>(f: impl FnOnce(&Heap) -> R) -> Option<R> {
+    with_locked_heap(&SAMPLES, SAMPLE_TID, f)
+}
+
+fn with_locked_heap<R>(lock: &Lock<Backup>, tid: usize, f: impl FnOnce(&Heap) -> R) -> Option<R> {
+    let mut b = lock.lock();
     if b.0.is_null() {
         let h = META.lock().new_heap()?;
-        h.thread_id.set(BACKUP_TID);
+        h.thread_id.set(tid);
         b.0 = h as *const Heap as *mut Heap;
     }
-    // Every free into the backup heap's pages is a cross-thread free: make sure the timed
+    // Every free into a locked heap's pages is a cross-thread free: make sure the timed
     // pass collects them (cheap when one is scheduled already).
     schedule_abandoned_purge();
-    // SAFETY: the backup heap is only used under this lock.
+    // SAFETY: the heap is only used under this lock.
     Some(f(unsafe { &*b.0 }))
 }
 
@@ -290,6 +316,8 @@ impl Meta {
         let heap = unsafe { &*h };
         heap.clear_bins();
         heap.pages_purge_at.set(0);
+        heap.in_use.set_sample_distance(stats::NO_SAMPLE);
+        heap.rng.set(h as u64 ^ os::now_ms().rotate_left(32));
         Some(heap)
     }
 }
@@ -340,6 +368,7 @@ extern "C" fn fork_prepare() {
     // it is held), every heap's segments (so no segment list is half updated in the child),
     // abandoned list, arena, large blocks.
     crate::lock::hold(&BACKUP);
+    crate::lock::hold(&SAMPLES);
     crate::lock::hold(&META);
     for_each_heap(|h| crate::lock::hold(segs_of(h)));
     crate::lock::hold(&ABANDONED);
@@ -405,7 +434,7 @@ fn abandon_other_heaps() {
     for_each_heap(|h| {
         // SAFETY: in the child no other thread exists, so heaps other than ours are unused.
         let heap = unsafe { &*h };
-        if h != me && heap.thread_id.get() != BACKUP_TID {
+        if h != me && !is_locked_heap(heap.thread_id.get()) {
             heap.clear_bins();
             heap.segs().lock().abandon_all();
         }
@@ -425,6 +454,7 @@ unsafe fn release_fork_locks() {
         crate::lock::force_unlock(&ABANDONED);
         for_each_heap(|h| crate::lock::force_unlock(segs_of(h)));
         crate::lock::force_unlock(&META);
+        crate::lock::force_unlock(&SAMPLES);
         crate::lock::force_unlock(&BACKUP);
     }
 }
@@ -449,14 +479,14 @@ impl Heap {
     /// With `zero` the block reads as zeros. Null when out of memory.
     #[cold]
     #[inline(never)]
-    pub fn alloc_slow(&self, class: usize, zero: bool) -> *mut u8 {
+    pub fn alloc_slow(&self, class: usize, zero: bool, sampled: impl FnOnce(&Page, *mut Block) -> *mut u8) -> *mut u8 {
         self.in_use.flush();
         self.purge_pages_if_due();
         arena::purge_if_due();
         purge_abandoned_if_due();
         crate::large::purge_if_due();
         let Some(page) = self.find_page(class) else { return ptr::null_mut() };
-        self.pop_from(page, zero)
+        self.pop_from(page, zero, sampled)
     }
 
     /// Releases the free pages of our partly used segments once they have been free for the
@@ -479,14 +509,31 @@ impl Heap {
         }
     }
 
-    /// Pops a block from `page` (which has one) and zeroes it if asked.
+    /// Draws the next sample point (after a sample, or when the heap starts).
+    pub fn restart_sample_clock(&self) {
+        if crate::prof::enabled() && !is_locked_heap(self.thread_id.get()) {
+            self.in_use.set_sample_distance(crate::prof::interval(&self.rng));
+        }
+    }
+
+    /// Charges `n` bytes allocated outside the heap's pages (large blocks, huge spans) to the
+    /// sampling clock. True if that reached the sample point.
+    pub fn charge_cold(&self, n: usize) -> bool {
+        self.in_use.charge(n)
+    }
+
+    /// Pops a block from `page` (which has one) and zeroes it if asked. If the block reaches
+    /// the sampling clock's next point, returns what `sampled` makes of the block instead
+    /// (not zeroed).
     #[inline(always)]
-    pub fn pop_from(&self, page: &Page, zero: bool) -> *mut u8 {
+    pub fn pop_from(&self, page: &Page, zero: bool, sampled: impl FnOnce(&Page, *mut Block) -> *mut u8) -> *mut u8 {
         // Read before the pop: the flag speaks of the blocks on `free`.
         let is_zero = zero && page.free_is_zero();
         let b = page.pop();
         debug_assert!(!b.is_null());
-        self.in_use.add(page.block_size() as isize);
+        if self.in_use.alloc(page.block_size()) {
+            return sampled(page, b);
+        }
         if zero {
             // SAFETY: `b` is a block of `block_size` bytes we just took; `pop` cleared its
             // second word.
@@ -531,9 +578,9 @@ impl Heap {
         let mut segs = self.segs().lock();
         let seg = match segs.with_free_page(kind) {
             Some(seg) => seg,
-            // The backup heap adopts nothing: abandoned segments are for live threads, which
+            // Locked heaps adopt nothing: abandoned segments are for live threads, which
             // collect and give back their memory on their own slow paths.
-            None => match if self.thread_id.get() == BACKUP_TID { None } else { self.reclaim(&mut segs, kind) } {
+            None => match if is_locked_heap(self.thread_id.get()) { None } else { self.reclaim(&mut segs, kind) } {
                 Some(seg) => seg,
                 None => segs.new_segment(kind, self)?,
             },
@@ -589,7 +636,7 @@ impl Heap {
         if unsafe { !page.push_local(b) } {
             return false;
         }
-        self.in_use.add(-(page.block_size() as isize));
+        self.in_use.free(page.block_size());
         // An empty page that is its class's only page stays (checked here, not in a call:
         // a single block allocated and freed over and over must stay on the fast path).
         if page.used.get() == 0 && !PageQueue::is_alone(page) {
@@ -861,25 +908,31 @@ fn purge_abandoned_if_due() {
     }
 }
 
-/// Collects the backup heap's pages (every free into them is a cross-thread free, which
-/// only a collection gives back) and releases its empty pages and segments. True if any
-/// memory was returned. Skipped when the backup heap is busy.
+/// Collects the locked heaps' pages (every free into them is a cross-thread free, which
+/// only a collection gives back) and releases their empty pages and segments. True if any
+/// memory was returned. A heap that is busy is skipped.
 fn trim_backup() -> bool {
-    let Some(b) = BACKUP.try_lock() else { return false };
-    if b.0.is_null() {
-        return false;
+    let mut released = false;
+    for lock in [&BACKUP, &SAMPLES] {
+        let Some(b) = lock.try_lock() else { continue };
+        if b.0.is_null() {
+            continue;
+        }
+        // SAFETY: a locked heap is only used under its lock, which we hold.
+        let heap = unsafe { &*b.0 };
+        released |= heap.release_empty_pages();
+        released |= heap.segs().lock().trim();
     }
-    // SAFETY: the backup heap is only used under its lock, which we hold.
-    let heap = unsafe { &*b.0 };
-    let released = heap.release_empty_pages();
-    heap.segs().lock().trim() || released
+    released
 }
 
-/// Whether the backup heap owns any segment.
+/// Whether a locked heap (backup, samples) owns any segment.
 fn backup_holds_memory() -> bool {
-    let Some(b) = BACKUP.try_lock() else { return true };
-    // SAFETY: as in `trim_backup`.
-    !b.0.is_null() && unsafe { (*b.0).segs().lock().queues.iter().any(|q| !q.first().is_null()) }
+    [&BACKUP, &SAMPLES].into_iter().any(|lock| {
+        let Some(b) = lock.try_lock() else { return true };
+        // SAFETY: as in `trim_backup`.
+        !b.0.is_null() && unsafe { (*b.0).segs().lock().queues.iter().any(|q| !q.first().is_null()) }
+    })
 }
 
 /// Takes the first segment off the abandoned list (None if empty or the lock is busy).
@@ -960,6 +1013,14 @@ pub fn free_huge(seg: &Segment) -> bool {
     stats::flush_in_use(-(seg.pages[0].block_size() as isize));
     free_segment(seg);
     true
+}
+
+/// Marks the page holding the sample heap's fresh block `b` as handing out pointers 16 bytes
+/// in.
+pub fn mark_sample_headers(b: *mut u8) {
+    // `b` was just allocated from the sample heap, under its lock.
+    let seg = segment::lookup(b).expect("a sampled block lies in a segment");
+    seg.pages[seg.page_index(b)].set_sample_headers();
 }
 
 /// Marks the page holding the freshly allocated block at `p` as handing out offset

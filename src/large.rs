@@ -24,11 +24,19 @@ const HEADER: usize = 32;
 
 #[repr(C)]
 struct Header {
+    /// Two words kept for the block's user: the heap profiler's tag of a sampled block
+    /// (`Tag::default()` for none).
+    tag: Tag,
     /// Start of the mapping.
     base: usize,
     /// Length of the mapping.
     len: usize,
 }
+
+/// Two words stored with a large block for the profiler (opaque here).
+pub type Tag = (usize, usize);
+
+const _: () = assert!(size_of::<Header>() == HEADER);
 
 /// Cached mappings kept at most.
 const CACHE_SLOTS: usize = 32;
@@ -138,7 +146,7 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     };
     let user = if off != 0 { base + off } else { (base + HEADER + align - 1) & !(align - 1) };
     // SAFETY: the header lies inside the mapping, before `user`, and the mapping is ours.
-    unsafe { (user as *mut Header).sub(1).write(Header { base, len }) };
+    unsafe { (user as *mut Header).sub(1).write(Header { tag: Tag::default(), base, len }) };
     if !LARGE.lock().insert(user) {
         // SAFETY: the mapping is ours and nobody saw it.
         unsafe { os::munmap(base as *mut u8, len) };
@@ -170,11 +178,12 @@ fn resize_cached((base, have): (usize, usize), len: usize) -> Option<usize> {
     Some(q as usize)
 }
 
-/// Frees `p` if it is a live large block; false if it is not one (foreign or already freed).
-pub fn free(p: *mut u8) -> bool {
+/// Frees `p` if it is a live large block, returning its tag; None if it is not one (foreign
+/// or already freed).
+pub fn free(p: *mut u8) -> Option<Tag> {
     let mut l = LARGE.lock();
     if !l.remove(p as usize) {
-        return false;
+        return None;
     }
     // SAFETY: the registry says `p` is a live large block, so its header is ours to read.
     let h = unsafe { (p as *const Header).sub(1).read() };
@@ -193,7 +202,7 @@ pub fn free(p: *mut u8) -> bool {
         // SAFETY: the mapping belonged to the block just freed; nothing refers to it.
         unsafe { os::munmap(h.base as *mut u8, h.len) };
     }
-    true
+    Some(h.tag)
 }
 
 /// Unmaps cached mappings older than the purge delay (cheap when none is due). Called from
@@ -249,7 +258,7 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
     }
     let np = q as usize + off;
     // SAFETY: the header moved with the mapping and still lies before the user pointer.
-    unsafe { (np as *mut Header).sub(1).write(Header { base: q as usize, len: need }) };
+    unsafe { (np as *mut Header).sub(1).write(Header { tag: h.tag, base: q as usize, len: need }) };
     stats::flush_in_use(need as isize - h.len as isize);
     stats::add_large_bytes(need as isize - h.len as isize);
     if np != p as usize {
@@ -259,6 +268,24 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
         l.insert(np);
     }
     np as *mut u8
+}
+
+/// The tag of the live large block `p`.
+///
+/// # Safety
+/// `p` must be a live large block.
+pub unsafe fn tag(p: *const u8) -> Tag {
+    // SAFETY: per the contract the header is ours.
+    unsafe { (*(p as *const Header).sub(1)).tag }
+}
+
+/// Sets the tag of the live large block `p`.
+///
+/// # Safety
+/// `p` must be a live large block that no other thread is freeing or resizing.
+pub unsafe fn set_tag(p: *mut u8, tag: Tag) {
+    // SAFETY: per the contract the header is ours.
+    unsafe { (*(p as *mut Header).sub(1)).tag = tag };
 }
 
 /// Unmaps every cached mapping. Returns true if there was any.

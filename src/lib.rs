@@ -41,6 +41,7 @@ pub mod msg;
 pub mod options;
 mod os;
 mod page;
+pub mod prof;
 mod segment;
 mod size_class;
 mod stats;
@@ -126,23 +127,143 @@ fn alloc_impl<const ZERO: bool>(size: usize) -> *mut u8 {
     if size < options::small_limit()
         && let Some(heap) = heap::current()
     {
-        return heap_alloc(heap, class_of(size), ZERO);
+        return heap_alloc(heap, class_of(size), size, MIN_ALIGN, ZERO);
     }
     alloc_cold(size, ZERO)
 }
 
-/// A block of `class` from `heap`: the first page's free list, else the slow path.
+/// A block of `class` for a request of `size` bytes aligned to `align` from `heap`: the
+/// first page's free list, else the slow path. The one compare the profiler adds: whether
+/// the heap's sampling clock passed its next sample point (never with profiling off).
 #[inline(always)]
-fn heap_alloc(heap: &heap::Heap, class: usize, zero: bool) -> *mut u8 {
+fn heap_alloc(heap: &heap::Heap, class: usize, size: usize, align: usize, zero: bool) -> *mut u8 {
     debug_assert!(class < size_class::NCLASSES);
     // SAFETY: `class_of` returns a class below NCLASSES.
     let page = unsafe { heap.bins.get_unchecked(class) }.first();
     // SAFETY: pages in a heap's queues are live descriptors owned by this thread.
     if !page.is_null() && unsafe { !(*page).free.get().is_null() } {
         // SAFETY: as above.
-        return heap.pop_from(unsafe { &*page }, zero);
+        return heap.pop_from(unsafe { &*page }, zero, move |pg, b| sample_small(heap, pg, b, size, align, zero));
     }
-    heap.alloc_slow(class, zero)
+    heap.alloc_slow(class, zero, move |pg, b| sample_small(heap, pg, b, size, align, zero))
+}
+
+// ---- heap profiling (see `prof`) ----
+
+/// The block `b` just taken from `page` for a request of `size` bytes reached the heap's
+/// sample point: the request is served by a sampled block instead and `b` goes back; if no
+/// sampled block can be had, `b` serves it unsampled.
+#[cold]
+#[inline(never)]
+fn sample_small(heap: &heap::Heap, page: &page::Page, b: *mut Block, size: usize, align: usize, zero: bool) -> *mut u8 {
+    heap.restart_sample_clock();
+    let charged = page.block_size();
+    let sampled = if align <= MIN_ALIGN { sampled_small_block(size, zero, charged) } else { None };
+    if let Some(q) = sampled.or_else(|| sampled_block(size, align, zero, charged)) {
+        // SAFETY: `b` is the block just popped from our `page`, unseen by the program.
+        let back = unsafe { heap.free_local(page, b) };
+        debug_assert!(back);
+        return q;
+    }
+    if zero {
+        // SAFETY: `b` is a block of `block_size` bytes that we own.
+        unsafe { ptr::write_bytes(b.cast::<u8>(), 0, page.block_size()) };
+    }
+    b.cast()
+}
+
+/// Bytes before a sampled small block's user pointer: its sample (tag, size).
+const SAMPLE_HEADER: usize = 16;
+
+/// A sampled small block: from the sample heap, whose blocks all are samples (so a free
+/// recognises one by its segment), with the sample in the 16 bytes before the pointer.
+#[inline(never)]
+fn sampled_small_block(size: usize, zero: bool, charged: usize) -> Option<*mut u8> {
+    let need = size.checked_add(SAMPLE_HEADER).filter(|&n| n <= MAX_CLASS_SIZE)?;
+    let b = heap::with_sample_heap(|h| {
+        let b = heap_alloc(h, class_of(need), need, MIN_ALIGN, zero);
+        if !b.is_null() {
+            heap::mark_sample_headers(b); // the page hands out pointers past the block start
+        }
+        b
+    })?;
+    if b.is_null() {
+        prof::missed();
+        return None;
+    }
+    let s = prof::record(size, charged, 0);
+    // SAFETY: `b` is a fresh block of at least `need` bytes that only we know.
+    unsafe { b.cast::<[usize; 2]>().write([s.tag, s.size]) };
+    // SAFETY: as above.
+    Some(unsafe { b.add(SAMPLE_HEADER) })
+}
+
+/// A large block of `size` bytes recorded as a sample (`charged` bytes on the clock), for
+/// aligned requests. None if no mapping could be made.
+#[inline(never)]
+fn sampled_block(size: usize, align: usize, zero: bool, charged: usize) -> Option<*mut u8> {
+    let q = if large::may_map() { large::alloc(size.max(1), align, zero) } else { ptr::null_mut() };
+    if q.is_null() {
+        prof::missed();
+        return None;
+    }
+    let s = prof::record(size, charged, 0);
+    // SAFETY: `q` is a live large block only this thread knows.
+    unsafe { large::set_tag(q, (s.tag, s.size)) };
+    Some(q)
+}
+
+/// Records the new huge block `b` (size bytes asked) as a sample if the clock says so.
+fn sample_huge(b: *mut u8, size: usize) -> *mut u8 {
+    if !b.is_null()
+        && cold_sample_due(size)
+        && let Some(seg) = segment::lookup(b)
+    {
+        let s = prof::record(size, size, 0);
+        seg.sample[0].store(s.tag, Ordering::Relaxed);
+        seg.sample[1].store(s.size, Ordering::Relaxed);
+    }
+    b
+}
+
+/// Charges a cold-path allocation of `size` bytes to the calling thread's sampling clock;
+/// true if it is to be sampled (the clock then restarts).
+fn cold_sample_due(size: usize) -> bool {
+    match heap::current() {
+        Some(h) if h.charge_cold(size) => {
+            h.restart_sample_clock();
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Records the new large block `p` of `size` bytes as a sample if the clock says so.
+#[inline(never)]
+fn sample_large(p: *mut u8, size: usize) -> *mut u8 {
+    if !p.is_null() && cold_sample_due(size) {
+        let s = prof::record(size, size, 0);
+        // SAFETY: `p` is a live large block only this thread knows.
+        unsafe { large::set_tag(p, (s.tag, s.size)) };
+    }
+    p
+}
+
+/// A freed or moved large block's tag: the end of its sample, if it was one.
+fn release_tag(tag: large::Tag) {
+    prof::release(prof::Sample { tag: tag.0, size: tag.1 });
+}
+
+/// Writes a heap profile (pprof's `profile.proto`, gzipped) to `path`, or with `None` to
+/// `<TIDEMALLOC_PROF_PREFIX>.<pid>.<seq>.pb.gz`. False, with errno set, when profiling is off
+/// (ENOSYS), another dump is running (EBUSY), or the file could not be written.
+pub fn prof_dump(path: Option<&core::ffi::CStr>) -> bool {
+    prof::dump(path)
+}
+
+/// Writes the leak report (the sampled blocks still live, by stack) to file descriptor `fd`.
+pub fn leak_report(fd: i32) {
+    prof::leak_report(fd);
 }
 
 #[cold]
@@ -165,14 +286,14 @@ fn alloc_cold_inner(size: usize, zero: bool) -> *mut u8 {
     if size >= mmap_threshold() && large::may_map() {
         let p = large::alloc(size, MIN_ALIGN, zero);
         if !p.is_null() {
-            return p;
+            return sample_large(p, size);
         }
         // Out of address space or memory: give back what is free, then try again (the arena
         // may also serve it from free segments).
         heap::trim(0);
         let p = large::alloc(size, MIN_ALIGN, zero);
         if !p.is_null() || size > MAX_MMAP_THRESHOLD {
-            return p;
+            return sample_large(p, size);
         }
     }
     alloc_arena(size, zero)
@@ -181,10 +302,10 @@ fn alloc_cold_inner(size: usize, zero: bool) -> *mut u8 {
 /// Allocates from the arena whatever the threshold says: a size class or a huge span.
 fn alloc_arena(size: usize, zero: bool) -> *mut u8 {
     if size > MAX_CLASS_SIZE {
-        return heap::alloc_huge(size, zero);
+        return sample_huge(heap::alloc_huge(size, zero), size);
     }
     let class = class_of(size);
-    heap::with_heap(|h| heap_alloc(h, class, zero)).unwrap_or(ptr::null_mut())
+    heap::with_heap(|h| heap_alloc(h, class, size, MIN_ALIGN, zero)).unwrap_or(ptr::null_mut())
 }
 
 /// Allocates `size` bytes aligned to `align` (a power of two). Null when out of memory or
@@ -248,7 +369,7 @@ fn aligned_impl(align: usize, size: usize, zero: bool) -> *mut u8 {
     heap::ensure_init();
     let threshold = mmap_threshold();
     if align > MAX_ARENA_ALIGN || (size >= threshold && large::may_map()) {
-        return large::alloc(size, align, zero);
+        return sample_large(large::alloc(size, align, zero), size);
     }
     // A power-of-two class at least as large as the request is naturally aligned.
     if size <= align && align <= NATURAL_ALIGN && align < threshold {
@@ -256,14 +377,16 @@ fn aligned_impl(align: usize, size: usize, zero: bool) -> *mut u8 {
     }
     let Some(need) = size.checked_add(align - MIN_ALIGN) else { return ptr::null_mut() };
     if need > MAX_CLASS_SIZE {
-        let b = heap::alloc_huge(need, zero);
+        let b = sample_huge(heap::alloc_huge(need, zero), size);
         return offset_block(b, align);
     }
     let class = class_of(need);
     // The flag must be set by the heap's owner (or under the backup lock): do it inside.
-    heap::with_heap(|h| offset_block(heap_alloc(h, class, zero), align)).unwrap_or(ptr::null_mut())
+    // A sampled block comes back aligned already (offset_block leaves it as it is).
+    heap::with_heap(|h| offset_block(heap_alloc(h, class, size, align, zero), align)).unwrap_or(ptr::null_mut())
 }
 
+#[inline(always)]
 fn alloc_impl_dyn(size: usize, zero: bool) -> *mut u8 {
     if zero { calloc(size) } else { malloc(size) }
 }
@@ -323,19 +446,30 @@ fn free_remote(seg: &segment::Segment, page: &page::Page, b: *mut Block, p: *mut
         bad_free(b, p);
     }
     if seg.kind == Kind::Huge {
+        let sample = [seg.sample[0].load(Ordering::Relaxed), seg.sample[1].load(Ordering::Relaxed)];
         if !heap::free_huge(seg) {
             bad_free(b, p);
         }
+        prof::release(prof::Sample { tag: sample[0], size: sample[1] });
         return;
     }
-    let bs = page.block_size() as isize;
+    // Read before the push, after which the block may be handed out again.
+    let sample = if seg.thread_id.load(Ordering::Relaxed) == heap::SAMPLE_TID {
+        // SAFETY: a block of the sample heap starts with its sample (the pointer handed out
+        // lies SAMPLE_HEADER bytes in); a freed one's words are list links, judged below.
+        unsafe { b.cast::<[usize; 2]>().read() }
+    } else {
+        [0, 0]
+    };
+    let bs = page.block_size();
     // SAFETY: `b` is a carved block of `page` (validated by block_of).
     if unsafe { !page.push_thread(b) } {
         bad_free(b, p);
     }
+    prof::release(prof::Sample { tag: sample[0], size: sample[1] });
     match heap::current() {
-        Some(h) => h.in_use.add(-bs),
-        None => stats::flush_in_use(-bs),
+        Some(h) => h.in_use.free(bs),
+        None => stats::flush_in_use(-(bs as isize)),
     }
 }
 
@@ -346,7 +480,8 @@ fn free_cold(p: *mut u8) {
         return;
     }
     let _errno = os::ErrnoGuard::new();
-    if large::free(p) {
+    if let Some(tag) = large::free(p) {
+        release_tag(tag);
         return;
     }
     msg::fatal_pointer("free(): invalid pointer", p);
@@ -415,7 +550,7 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
         }
         if new_size >= mmap_threshold() / 2 {
             // SAFETY: `p` is a live large block of alignment <= 16.
-            return unsafe { large::realloc(p, new_size) };
+            return unsafe { realloc_large(p, new_size) };
         }
     }
     // SAFETY: `p` is a live block (small, huge, or large being moved into the arena).
@@ -440,10 +575,32 @@ pub unsafe fn realloc_aligned(p: *mut u8, align: usize, new_size: usize) -> *mut
     let is_large = segment::lookup(p).is_none();
     if is_large && align <= os::PAGE_SIZE && new_size >= mmap_threshold() / 2 {
         // SAFETY: a live large block whose alignment mremap keeps (it keeps the page offset).
-        return unsafe { large::realloc(p, new_size) };
+        return unsafe { realloc_large(p, new_size) };
     }
     // SAFETY: per the contract.
     unsafe { move_block(p, usable, aligned_alloc(align, new_size), new_size) }
+}
+
+/// `large::realloc`, telling the profiler: a block whose mapping changed is a new allocation
+/// (the old one's sample ends; the new one is charged to the clock).
+///
+/// # Safety
+/// As for `large::realloc`.
+unsafe fn realloc_large(p: *mut u8, new_size: usize) -> *mut u8 {
+    // SAFETY: per the contract `p` is a live large block.
+    let (tag, before) = unsafe { (large::tag(p), large::usable_size(p)) };
+    // SAFETY: forwarded contract.
+    let q = unsafe { large::realloc(p, new_size) };
+    // SAFETY: `q`, when not null, is the live resized block.
+    if q.is_null() || (q == p && unsafe { large::usable_size(q) } == before) {
+        return q;
+    }
+    if tag != large::Tag::default() {
+        release_tag(tag);
+        // SAFETY: as above; only this thread knows the block while realloc runs.
+        unsafe { large::set_tag(q, large::Tag::default()) };
+    }
+    sample_large(q, new_size)
 }
 
 /// Copies `p` into `q` and frees `p`; if `q` is null, returns null and keeps `p`.
@@ -562,6 +719,10 @@ pub fn format_info_xml<W: core::fmt::Write>(out: &mut W) {
     );
 }
 
+extern "C" fn prof_at_exit() {
+    prof::at_exit();
+}
+
 extern "C" fn print_stats_at_exit() {
     write_stats(2);
 }
@@ -570,6 +731,11 @@ extern "C" fn print_stats_at_exit() {
 /// whether the arena may move the program break (see `arena`).
 fn after_init() {
     arena::decide_brk();
+    if prof::enabled() {
+        // SAFETY: as below.
+        unsafe { libc::atexit(prof_at_exit) };
+        prof::install_signal();
+    }
     if options::get(Opt::ShowStats) != 0 {
         // SAFETY: the handler has the required signature; atexit may allocate, which works
         // once initialisation is done.

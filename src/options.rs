@@ -28,6 +28,13 @@ pub enum Opt {
     /// glibc's perturb byte (`M_PERTURB`, `MALLOC_PERTURB_`), 0 for off: allocated memory
     /// (but calloc's and fresh mappings) is filled with its complement, freed memory with it.
     Perturb,
+    /// Heap profiling (`TIDEMALLOC_PROF=1`): sample allocations, write a pprof profile at
+    /// exit. Read at start-up only.
+    Prof,
+    /// Mean bytes allocated between samples (1: every allocation). Read at start-up only.
+    ProfRate,
+    /// Report the sampled blocks still live at exit, by stack (`TIDEMALLOC_LEAKS=1`).
+    Leaks,
 }
 
 struct Spec {
@@ -41,7 +48,7 @@ struct Spec {
 /// Largest supported mmap threshold: sizes up to here can come from the arena.
 pub const MAX_MMAP_THRESHOLD: usize = 1 << 30;
 
-const SPECS: [Spec; 9] = [
+const SPECS: [Spec; 12] = [
     Spec {
         opt: Opt::MmapThreshold,
         default: 128 << 10,
@@ -76,6 +83,15 @@ const SPECS: [Spec; 9] = [
     Spec { opt: Opt::PurgeDelay, default: 1000, max: 1 << 40, env: b"TIDEMALLOC_PURGE_DELAY", glibc_env: b"" },
     Spec { opt: Opt::DirtyMax, default: 256 << 20, max: usize::MAX / 2, env: b"TIDEMALLOC_DIRTY_MAX", glibc_env: b"" },
     Spec { opt: Opt::Perturb, default: 0, max: 255, env: b"TIDEMALLOC_PERTURB", glibc_env: b"MALLOC_PERTURB_" },
+    Spec { opt: Opt::Prof, default: 0, max: 1, env: b"TIDEMALLOC_PROF", glibc_env: b"" },
+    Spec {
+        opt: Opt::ProfRate,
+        default: crate::prof::DEFAULT_RATE,
+        max: 1 << 40,
+        env: b"TIDEMALLOC_PROF_RATE",
+        glibc_env: b"",
+    },
+    Spec { opt: Opt::Leaks, default: 0, max: 1, env: b"TIDEMALLOC_LEAKS", glibc_env: b"" },
 ];
 
 static VALUES: [AtomicUsize; SPECS.len()] = {

@@ -234,6 +234,62 @@ pub fn now_ms() -> u64 {
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
+/// Wall-clock time in nanoseconds since the epoch (for profile time stamps).
+pub fn realtime_ns() -> i64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+/// The process id.
+pub fn getpid() -> i32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() }
+}
+
+/// Creates (or truncates) the file `path` with mode 0644 and writes `bytes` to it. False,
+/// with errno set, if it could not be opened or written in full.
+pub fn write_file(path: &core::ffi::CStr, mut bytes: &[u8]) -> bool {
+    // SAFETY: `path` is NUL-terminated; the flags and mode are plain values.
+    let fd =
+        unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC, 0o644) };
+    if fd < 0 {
+        return false;
+    }
+    let mut ok = true;
+    while !bytes.is_empty() {
+        // SAFETY: the pointer and length describe a live byte slice.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        if n <= 0 {
+            ok = false;
+            break;
+        }
+        bytes = &bytes[n as usize..];
+    }
+    let e = errno();
+    // SAFETY: `fd` is the descriptor opened above.
+    let closed = unsafe { libc::close(fd) } == 0;
+    if !ok {
+        set_errno(e);
+    }
+    ok && closed
+}
+
+/// Installs `handler` for signal `sig` (with SA_RESTART, so interrupted system calls of the
+/// program resume). False if the signal cannot be caught.
+pub fn set_signal_handler(sig: i32, handler: extern "C" fn(libc::c_int)) -> bool {
+    // SAFETY: an all-zero sigaction is valid; the fields set below are plain values.
+    let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
+    sa.sa_sigaction = handler as usize;
+    sa.sa_flags = libc::SA_RESTART;
+    // SAFETY: `sa` is initialised; the old action is not wanted.
+    unsafe { libc::sigaction(sig, &sa, ptr::null_mut()) == 0 }
+}
+
 /// The address `dlsym(RTLD_DEFAULT, name)` finds (the definition the whole process binds
 /// to), 0 if none. Only after initialisation: dlsym may take the loader's lock and allocate.
 #[cfg(feature = "override")]

@@ -76,6 +76,7 @@ impl Block {
 pub const FREE_IS_ZERO: u8 = 1; // every block on `free` is zero but for its two header words
 pub const MEM_IS_ZERO: u8 = 2; // blocks not yet carved are zero (memory fresh from the OS)
 pub const HAS_ALIGNED: u8 = 4; // some block was handed out at an offset (aligned allocation)
+pub const SAMPLE_HEADERS: u8 = 8; // blocks are handed out 16 bytes in (the heap profiler's samples)
 
 /// Shift for the reciprocal that turns an offset into a block index without dividing.
 const DIV_SHIFT: u32 = 44;
@@ -179,6 +180,11 @@ impl Page {
     /// Owner: the page hands out pointers at an offset into their blocks.
     pub fn set_has_aligned(&self) {
         self.set_flags(HAS_ALIGNED, 0);
+    }
+
+    /// Owner: the page hands out pointers 16 bytes into their blocks (after a sample header).
+    pub fn set_sample_headers(&self) {
+        self.set_flags(SAMPLE_HEADERS, 0);
     }
 
     /// Pops a block from `free` and clears its freed mark; null if `free` is empty.
@@ -335,12 +341,13 @@ impl Page {
         unsafe { area.add(start).cast() }
     }
 
-    /// Whether `p`, `delta` bytes into its block, can be an aligned allocation's pointer: the
-    /// page gave out such pointers, and `p` is aligned (to more than 16) beyond `delta`.
+    /// Whether `p`, `delta` bytes into its block, can be an aligned allocation's pointer (the
+    /// page gave out such pointers, and `p` is aligned, to more than 16, beyond `delta`) or a
+    /// sampled block's (16 bytes in, on a page of the sample heap).
     #[cold]
     fn is_aligned_offset(&self, p: *mut u8, delta: usize) -> bool {
         let align = 1usize << (p as usize).trailing_zeros();
-        self.flag(HAS_ALIGNED) && align > 16 && delta < align
+        (self.flag(HAS_ALIGNED) && align > 16 && delta < align) || (self.flag(SAMPLE_HEADERS) && delta == 16)
     }
 
     /// Usable bytes from `p` (inside block `b`) to the end of the block.

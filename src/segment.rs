@@ -87,6 +87,8 @@ pub struct Segment {
     pub fresh_mask: Cell<u64>,
     /// Length of the span in segments (1 but for huge spans).
     pub span_segments: usize,
+    /// The heap profiler's two words for a sampled huge block (zero: not a sample).
+    pub sample: [AtomicUsize; 2],
     /// Links in the owner's list of segments of this kind, or in the abandoned list.
     pub next: Cell<*mut Segment>,
     pub prev: Cell<*mut Segment>,

@@ -67,25 +67,71 @@ pub(crate) fn flush_in_use(delta: isize) {
     PEAK.fetch_max(now, Relaxed);
 }
 
-/// A per-thread in-use counter: only its owner writes it (no read-modify-write instruction),
-/// anyone may read it.
+/// A thread's in-use counters: only its owner writes them (no read-modify-write instruction),
+/// anyone may read them.
+///
+/// Bytes handed out are kept as `clock`, counted from the heap profiler's next sample point:
+/// negative until an allocation reaches it, so the malloc fast path's existing add gives the
+/// sampling decision with one sign test. With profiling off the point is 2^62 bytes away.
 #[derive(Default)]
-pub(crate) struct LocalInUse(AtomicIsize);
+pub(crate) struct LocalInUse {
+    /// Bytes handed out, minus the position of the next sample point.
+    clock: AtomicIsize,
+    /// `base + clock` = bytes handed out by this heap, ever (wrapping).
+    base: AtomicUsize,
+    /// Bytes given back through this thread, ever (wrapping).
+    freed: AtomicUsize,
+    /// Bytes handed out minus bytes given back at the last flush.
+    flushed: AtomicUsize,
+}
+
+/// Distance to a sample point that is never reached.
+pub(crate) const NO_SAMPLE: usize = 1 << 62;
 
 impl LocalInUse {
-    /// Owner only: adds `n` (may be negative).
+    /// Owner only: `n` bytes were handed out. True if that reached the sample point.
     #[inline(always)]
-    pub(crate) fn add(&self, n: isize) {
-        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    pub(crate) fn alloc(&self, n: usize) -> bool {
+        let c = self.clock.load(Relaxed).wrapping_add(n as isize);
+        self.clock.store(c, Relaxed);
+        c >= 0
+    }
+    /// Owner only: `n` bytes were given back.
+    #[inline(always)]
+    pub(crate) fn free(&self, n: usize) {
+        self.freed.store(self.freed.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    /// Bytes handed out by this heap, ever.
+    fn allocated(&self) -> usize {
+        self.base.load(Relaxed).wrapping_add(self.clock.load(Relaxed) as usize)
+    }
+    /// Owner only: puts the next sample point `distance` bytes ahead (at most NO_SAMPLE).
+    pub(crate) fn set_sample_distance(&self, distance: usize) {
+        let d = distance.min(NO_SAMPLE) as isize;
+        let a = self.allocated();
+        self.base.store(a.wrapping_add(d as usize), Relaxed);
+        self.clock.store(-d, Relaxed);
+    }
+    /// Owner only: moves the sample point `n` bytes closer (bytes allocated elsewhere, charged
+    /// to the sampling clock without counting as handed out here). True if it is reached.
+    pub(crate) fn charge(&self, n: usize) -> bool {
+        let c = self.clock.load(Relaxed).wrapping_add(n as isize);
+        self.base.store(self.base.load(Relaxed).wrapping_sub(n), Relaxed);
+        self.clock.store(c, Relaxed);
+        c >= 0
     }
     /// Owner only: moves the accumulated delta to the global figure.
     pub(crate) fn flush(&self) {
-        let d = self.0.load(Relaxed);
-        self.0.store(0, Relaxed);
+        let net = self.allocated().wrapping_sub(self.freed.load(Relaxed));
+        let d = net.wrapping_sub(self.flushed.load(Relaxed)) as isize;
+        self.flushed.store(net, Relaxed);
         flush_in_use(d);
     }
+    /// The delta not yet flushed. Read by any thread: the loads are not one snapshot, so a
+    /// read racing with the owner may be off by what the owner is changing.
     pub(crate) fn pending(&self) -> isize {
-        self.0.load(Relaxed)
+        let net = self.allocated().wrapping_sub(self.freed.load(Relaxed));
+        net.wrapping_sub(self.flushed.load(Relaxed)) as isize
     }
 }
 

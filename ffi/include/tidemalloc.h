@@ -52,6 +52,17 @@ void tidemalloc_print_stats(int fd);
 /* Same as malloc_trim(pad): returns free memory of every thread to the OS. */
 int tidemalloc_trim(size_t pad);
 
+/* Heap profiling (run with TIDEMALLOC_PROF=1 or TIDEMALLOC_LEAKS=1; see the README).
+ * Writes the sampled heap profile, pprof's profile.proto gzipped, to `path`, or with NULL
+ * to <TIDEMALLOC_PROF_PREFIX>.<pid>.<seq>.pb.gz. Returns 0 on success, -1 with errno set
+ * on failure (ENOSYS: profiling is off; EBUSY: another dump is running). No allocation:
+ * safe to call from a signal handler. */
+int tidemalloc_prof_dump(const char *path);
+
+/* Writes the leak report (sampled blocks still live, grouped by stack, biggest first, with
+ * symbol names) to file descriptor fd. */
+void tidemalloc_leak_report(int fd);
+
 #ifdef __cplusplus
 }
 #endif
