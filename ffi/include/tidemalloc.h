@@ -61,6 +61,16 @@ struct tidemalloc_stats {
 /* Fills *out with the current counters. */
 void tidemalloc_get_stats(struct tidemalloc_stats *out);
 
+/* Most bytes tidemalloc_stats_json needs, NUL included. */
+#define TIDEMALLOC_STATS_JSON_MAX 4096
+
+/* Writes the counters as one line of JSON (what TIDEMALLOC_SHOW_STATS=json prints at exit:
+ * {"version":1,"pid":...,"in_use":..., every field of struct tidemalloc_stats by name}
+ * and a newline), as snprintf does: at most len bytes into buf, NUL included; returns the
+ * length of the whole text without the NUL (a result >= len means it was cut). buf may be
+ * NULL when len is 0. Allocates nothing. */
+size_t tidemalloc_stats_json(char *buf, size_t len);
+
 /* Requests of at least `bytes` get their own mapping; smaller ones come from the arena.
  * Any value from 0 to 1 GiB. Returns 1 on success, 0 (no change) if out of range.
  * Same as mallopt(M_MMAP_THRESHOLD, bytes) but for values above INT_MAX too. */
