@@ -36,12 +36,14 @@
 //!   exceeds its cap, it is *purged*: cut off by lowering the break when it is the free top
 //!   (beyond the trim threshold), released with madvise otherwise. RSS thus follows the live
 //!   set within the delay. Purging runs on arena operations and on heaps' slow paths.
+//! - The free spans' figures (how many, bytes dirty and clean) are published to the stats
+//!   gauges each time the lock is released ([`Locked`]).
 
 use crate::lock::Lock;
 use crate::options::{self, Opt};
 use crate::os;
 use crate::segment::{SEGMENT_SHIFT, SEGMENT_SIZE};
-use crate::stats;
+use crate::stats::{self, Gauge};
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 /// A run of free segments inside the break.
@@ -100,6 +102,37 @@ static ARENA: Lock<Arena> = Lock::new(Arena {
     held_mmap: 0,
 });
 
+/// The arena, locked: publishes the free spans' figures when released, since they change
+/// only under the lock.
+struct Locked(spin::mutex::SpinMutexGuard<'static, Arena>);
+
+impl core::ops::Deref for Locked {
+    type Target = Arena;
+    fn deref(&self) -> &Arena {
+        &self.0
+    }
+}
+
+impl core::ops::DerefMut for Locked {
+    fn deref_mut(&mut self) -> &mut Arena {
+        &mut self.0
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        self.0.publish();
+    }
+}
+
+fn lock() -> Locked {
+    Locked(ARENA.lock())
+}
+
+fn try_lock() -> Option<Locked> {
+    ARENA.try_lock().map(Locked)
+}
+
 /// When the oldest dirty span is due for purging (ms), 0 when nothing is dirty: lets the
 /// heaps' slow paths skip the arena lock.
 static PURGE_DUE: AtomicU64 = AtomicU64::new(0);
@@ -150,7 +183,7 @@ pub struct Segments {
 pub fn alloc_segments(n: usize, resident_first: bool) -> Option<Segments> {
     let bytes = n.checked_mul(SEGMENT_SIZE)?;
     {
-        let mut a = ARENA.lock();
+        let mut a = lock();
         let now = os::now_ms();
         a.purge(now, false);
         if let Some((p, fresh)) = a.take_first_fit(n, resident_first) {
@@ -198,7 +231,7 @@ pub unsafe fn free_segments(base: *mut u8, n: usize, from_mmap: bool) {
         }
         return;
     }
-    let mut a = ARENA.lock();
+    let mut a = lock();
     let now = os::now_ms();
     let span = Span { start: base as usize, segs: n, dirty: true, since: now, failed: false };
     if !a.insert(span) {
@@ -219,7 +252,7 @@ pub fn purge_if_due() {
     let due = PURGE_DUE.load(Ordering::Relaxed);
     if due != 0
         && os::now_ms() >= due
-        && let Some(mut a) = ARENA.try_lock()
+        && let Some(mut a) = try_lock()
     {
         a.purge(os::now_ms(), false);
     }
@@ -228,7 +261,7 @@ pub fn purge_if_due() {
 /// Purges every dirty segment and lowers the break as far as free segments allow, keeping
 /// `pad` bytes. Returns true if memory was returned.
 pub fn trim(pad: usize) -> bool {
-    let mut a = ARENA.lock();
+    let mut a = lock();
     let now = os::now_ms();
     let purged = a.purge(now, true);
     if BRK_MODE.load(Ordering::Relaxed) == BRK_NO {
@@ -244,7 +277,7 @@ pub fn trim(pad: usize) -> bool {
 
 /// The address range of the current brk run (for tests and diagnostics).
 pub fn brk_run() -> (usize, usize) {
-    let a = ARENA.lock();
+    let a = lock();
     (a.run_start, a.top)
 }
 
@@ -274,7 +307,7 @@ pub fn is_busy() -> bool {
 /// forgotten — the child leaks those free segments — and the next growth starts a new run
 /// at the break as it really is.
 pub fn forget_free_spans() {
-    let mut a = ARENA.lock();
+    let mut a = lock();
     a.nspans = 0;
     a.dirty_bytes = 0;
     a.top = 0;
@@ -284,6 +317,14 @@ pub fn forget_free_spans() {
 }
 
 impl Arena {
+    /// Publishes the free spans' figures to the stats gauges.
+    fn publish(&self) {
+        let free: usize = self.spans[..self.nspans].iter().map(|s| s.segs << SEGMENT_SHIFT).sum();
+        stats::gauge_set(Gauge::FreeSpans, self.nspans);
+        stats::gauge_set(Gauge::FreeSpansDirty, self.dirty_bytes);
+        stats::gauge_set(Gauge::FreeSpansClean, free.saturating_sub(self.dirty_bytes));
+    }
+
     /// Takes `n` segments from a run of adjacent free spans: with `resident_first`, the run
     /// that needs the fewest non-resident (clean) segments, the lowest such; otherwise the
     /// lowest run (low addresses keep the top of the break free to trim). Returns the address

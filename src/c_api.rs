@@ -320,7 +320,7 @@ pub unsafe extern "C" fn malloc_info(options: c_int, fp: *mut libc::FILE) -> c_i
         crate::set_errno(libc::EINVAL);
         return -1;
     }
-    let mut buf = crate::msg::StackBuf::<1024>::new();
+    let mut buf = crate::msg::StackBuf::<{ crate::STATS_TEXT_MAX }>::new();
     crate::format_info_xml(&mut buf);
     let b = buf.as_bytes();
     // SAFETY: `fp` is the caller's open stream; the buffer is live for the call.
@@ -335,6 +335,23 @@ pub unsafe extern "C" fn malloc_info(options: c_int, fp: *mut libc::FILE) -> c_i
 pub unsafe extern "C" fn tidemalloc_get_stats(out: *mut crate::Stats) {
     // SAFETY: the caller passes a valid out-pointer.
     unsafe { out.write(crate::stats()) };
+}
+
+/// The counters as one line of JSON (the text `TIDEMALLOC_SHOW_STATS=json` prints), as
+/// `snprintf` writes: at most `len` bytes into `buf`, NUL included; returns the length of
+/// the whole text (without the NUL), so a result `>= len` means it was cut. `buf` may be
+/// null when `len` is 0.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tidemalloc_stats_json(buf: *mut libc::c_char, len: usize) -> usize {
+    let out: &mut [u8] = if buf.is_null() || len == 0 {
+        &mut []
+    } else {
+        // SAFETY: the caller passes `len` writable bytes at `buf`.
+        unsafe { core::slice::from_raw_parts_mut(buf.cast(), len) }
+    };
+    let mut w = crate::msg::CutBuf::new(out);
+    let _ = crate::stats_json(&mut w);
+    w.needed
 }
 
 #[unsafe(no_mangle)]

@@ -284,6 +284,7 @@ impl Meta {
                     return None;
                 }
                 self.chunk_left = len;
+                crate::stats::gauge_add(crate::stats::Gauge::MetaHeaps, len as isize);
             }
             let b = self.chunk.cast::<HeapBox>();
             // SAFETY: `size` bytes remain in the chunk.
@@ -874,7 +875,7 @@ fn release_free_pages(seg: &Segment) -> Result<bool, ()> {
             failed = true;
         }
     }
-    seg.fresh_mask.set(seg.fresh_mask.get() | released);
+    seg.mark_released(released);
     if failed { Err(()) } else { Ok(released != 0) }
 }
 

@@ -15,7 +15,7 @@
 use crate::lock::Lock;
 use crate::options::{self, Opt};
 use crate::os::{self, PAGE_SIZE};
-use crate::stats;
+use crate::stats::{self, Gauge};
 use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -391,6 +391,7 @@ impl Large {
         let (old, old_cap) = (self.table, self.cap);
         self.table = t;
         self.cap = new_cap;
+        stats::gauge_set(Gauge::MetaLargeTable, new_cap * size_of::<usize>());
         self.count = 0;
         for i in 0..old_cap {
             // SAFETY: i < old_cap, inside the old table.
@@ -414,10 +415,17 @@ impl Large {
         Some((e.base, e.len))
     }
 
+    /// Publishes the cache's figures to the stats gauges.
+    fn publish_cache(&self) {
+        stats::gauge_set(Gauge::LargeCacheBlocks, self.ncache);
+        stats::gauge_set(Gauge::LargeCacheBytes, self.cache_bytes);
+    }
+
     fn cache_remove(&mut self, i: usize) {
         self.cache_bytes -= self.cache[i].len;
         self.cache.copy_within(i + 1..self.ncache, i);
         self.ncache -= 1;
+        self.publish_cache();
         CACHE_DUE.store(
             if self.ncache == 0 { 0 } else { self.cache[0].since + options::get(Opt::PurgeDelay) as u64 },
             Ordering::Relaxed,
@@ -438,6 +446,7 @@ impl Large {
         self.cache[self.ncache] = c;
         self.ncache += 1;
         self.cache_bytes += c.len;
+        self.publish_cache();
         if self.ncache == 1 {
             CACHE_DUE.store(c.since + options::get(Opt::PurgeDelay) as u64, Ordering::Relaxed);
         }

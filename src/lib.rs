@@ -42,13 +42,13 @@ pub mod options;
 mod os;
 mod page;
 pub mod prof;
+mod report;
 mod segment;
 mod size_class;
 mod stats;
 mod tls;
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::fmt::Write as _;
 use core::ptr;
 use core::sync::atomic::Ordering;
 pub use options::{MAX_MMAP_THRESHOLD, Opt};
@@ -643,7 +643,13 @@ pub fn get_option(opt: Opt) -> usize {
 
 /// The counters (see [`Stats`]).
 pub fn stats() -> Stats {
-    Stats { large_blocks: large::live_count(), ..stats::snapshot(heap::pending_in_use()) }
+    let mut s = Stats { large_blocks: large::live_count(), ..stats::snapshot(heap::pending_in_use()) };
+    let p = prof::prof_stats();
+    s.prof_samples = p.samples;
+    s.meta_prof = p.table_mapped;
+    s.prof_table_used = p.table_bytes;
+    s.mmap_other = s.mmap_other.saturating_sub(p.table_mapped);
+    s
 }
 
 /// Checks the calling thread's heap for broken invariants (free lists acyclic and inside
@@ -678,53 +684,31 @@ pub fn brk_range() -> (usize, usize) {
     arena::brk_run()
 }
 
-/// Writes the counters to file descriptor `fd`, one `name value` pair per line.
+/// Writes the counters to file descriptor `fd` as text, one `label value` pair per line.
 pub fn write_stats(fd: i32) {
-    let s = stats();
-    let mut b = msg::StackBuf::<1024>::new();
-    let _ = write!(
-        b,
-        "tidemalloc stats:\n  in use         {:>14}\n  peak in use    {:>14}\n  reserved brk   {:>14}\n  reserved mmap  {:>14}\n  brk calls      {:>14}\n  mmap calls     {:>14}\n  munmap calls   {:>14}\n  mremap calls   {:>14}\n  madvise calls  {:>14}\n  large blocks   {:>14}\n",
-        s.in_use,
-        s.peak_in_use,
-        s.reserved_brk,
-        s.reserved_mmap,
-        s.brk_calls,
-        s.mmap_calls,
-        s.munmap_calls,
-        s.mremap_calls,
-        s.madvise_calls,
-        s.large_blocks
-    );
+    let mut b = msg::StackBuf::<{ report::TEXT_MAX }>::new();
+    let _ = report::write_text(&stats(), &mut b);
     os::write_fd(fd, b.as_bytes());
 }
 
-/// Writes the counters as XML in the shape of glibc's `malloc_info`.
-pub fn format_info_xml<W: core::fmt::Write>(out: &mut W) {
-    let s = stats();
-    let _ = write!(
-        out,
-        "<malloc version=\"tidemalloc-1\">\n<heap nr=\"0\">\n<sizes>\n</sizes>\n<total type=\"fast\" count=\"0\" size=\"0\"/>\n<total type=\"rest\" count=\"0\" size=\"{free}\"/>\n<system type=\"current\" size=\"{brk}\"/>\n<system type=\"max\" size=\"{brk}\"/>\n<aspace type=\"total\" size=\"{brk}\"/>\n<aspace type=\"mprotect\" size=\"{brk}\"/>\n</heap>\n<total type=\"fast\" count=\"0\" size=\"0\"/>\n<total type=\"rest\" count=\"0\" size=\"{free}\"/>\n<total type=\"mmap\" count=\"{nmmap}\" size=\"{mmap}\"/>\n<system type=\"current\" size=\"{brk}\"/>\n<system type=\"max\" size=\"{brk}\"/>\n<aspace type=\"total\" size=\"{brk}\"/>\n<aspace type=\"mprotect\" size=\"{brk}\"/>\n<tidemalloc in_use=\"{in_use}\" peak_in_use=\"{peak}\" brk_calls=\"{b}\" mmap_calls=\"{m}\" munmap_calls=\"{u}\" mremap_calls=\"{r}\" madvise_calls=\"{a}\"/>\n</malloc>\n",
-        free = (s.reserved_brk + s.reserved_mmap).saturating_sub(s.in_use),
-        brk = s.reserved_brk,
-        nmmap = s.large_blocks,
-        mmap = s.reserved_mmap,
-        in_use = s.in_use,
-        peak = s.peak_in_use,
-        b = s.brk_calls,
-        m = s.mmap_calls,
-        u = s.munmap_calls,
-        r = s.mremap_calls,
-        a = s.madvise_calls,
-    );
+/// Writes the counters to `out` as one line of JSON (what `TIDEMALLOC_SHOW_STATS=json`
+/// prints at exit): `{"version":1,"pid":...,` then every field of [`Stats`] by name, and a
+/// newline. Allocates nothing (unless `out` does); at most [`STATS_TEXT_MAX`] bytes.
+pub fn stats_json<W: core::fmt::Write>(out: &mut W) -> core::fmt::Result {
+    report::write_json(&stats(), os::pid(), out)
 }
 
 extern "C" fn prof_at_exit() {
     prof::at_exit();
 }
 
-extern "C" fn print_stats_at_exit() {
-    write_stats(2);
+/// Most bytes [`stats_json`], [`write_stats`] and [`format_info_xml`] write.
+pub const STATS_TEXT_MAX: usize = report::TEXT_MAX;
+
+/// Writes the counters as XML in the shape of glibc's `malloc_info`, with a `tidemalloc`
+/// element holding every field of [`Stats`].
+pub fn format_info_xml<W: core::fmt::Write>(out: &mut W) {
+    let _ = report::write_xml(&stats(), out);
 }
 
 /// Called once initialisation is published: registers what needs registering, and decides
@@ -732,13 +716,19 @@ extern "C" fn print_stats_at_exit() {
 fn after_init() {
     arena::decide_brk();
     if prof::enabled() {
-        // SAFETY: as below.
-        unsafe { libc::atexit(prof_at_exit) };
-        prof::install_signal();
-    }
-    if options::get(Opt::ShowStats) != 0 {
         // SAFETY: the handler has the required signature; atexit may allocate, which works
         // once initialisation is done.
-        unsafe { libc::atexit(print_stats_at_exit) };
+        if unsafe { libc::atexit(prof_at_exit) } != 0 {
+            eprint_noalloc!("tidemalloc: warning: atexit failed: no profile at exit\n");
+        }
+        prof::install_signal();
+    }
+    // A stats file alone turns the statistics on (as text unless SHOW_STATS says json).
+    if report::load_from_env() || options::get(Opt::ShowStats) != 0 {
+        // SAFETY: the handler has the required signature; atexit may allocate, which works
+        // once initialisation is done.
+        if unsafe { libc::atexit(report::at_exit) } != 0 {
+            eprint_noalloc!("tidemalloc: warning: atexit failed: no statistics at exit\n");
+        }
     }
 }

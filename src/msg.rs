@@ -16,6 +16,65 @@ impl<const N: usize> StackBuf<N> {
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
+    /// The text written (up to the last whole character if it was cut).
+    pub fn as_str(&self) -> &str {
+        let b = self.as_bytes();
+        match core::str::from_utf8(b) {
+            Ok(s) => s,
+            Err(e) => core::str::from_utf8(&b[..e.valid_up_to()]).unwrap_or(""),
+        }
+    }
+    /// Whether text was cut (the buffer is full).
+    pub fn is_full(&self) -> bool {
+        self.len == N
+    }
+}
+
+/// Formatted text written into a caller's byte buffer as `snprintf` does: at most
+/// `buf.len() - 1` bytes and a NUL (nothing if the buffer is empty), while `needed` counts
+/// the whole text.
+pub struct CutBuf<'a> {
+    buf: &'a mut [u8],
+    /// Bytes of text so far, written or not.
+    pub needed: usize,
+}
+
+impl<'a> CutBuf<'a> {
+    pub fn new(buf: &'a mut [u8]) -> Self {
+        if let Some(first) = buf.first_mut() {
+            *first = 0;
+        }
+        CutBuf { buf, needed: 0 }
+    }
+}
+
+impl fmt::Write for CutBuf<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.buf.len().saturating_sub(1);
+        let at = self.needed.min(room);
+        let n = s.len().min(room - at);
+        self.buf[at..at + n].copy_from_slice(&s.as_bytes()[..n]);
+        if !self.buf.is_empty() {
+            self.buf[at + n] = 0;
+        }
+        self.needed += s.len();
+        Ok(())
+    }
+}
+
+/// Bytes shown as text: valid UTF-8 as is, anything else as `?`.
+pub struct Lossy<'a>(pub &'a [u8]);
+
+impl fmt::Display for Lossy<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            if !chunk.invalid().is_empty() {
+                f.write_str("?")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl<const N: usize> Default for StackBuf<N> {

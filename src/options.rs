@@ -1,8 +1,8 @@
 //! Tunables: one static table, read once from the environment at initialisation (without
 //! allocating), changeable at run time through the Rust API and `mallopt`.
 //!
-//! Values accept K, M and G suffixes (powers of 1024). A malformed value prints a warning on
-//! stderr and the default stays.
+//! Values accept K, M and G suffixes (powers of 1024); `TIDEMALLOC_SHOW_STATS` takes `0`, `1`
+//! or `json`. A malformed value prints a warning on stderr and the default stays.
 
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
@@ -19,7 +19,9 @@ pub enum Opt {
     MmapMax,
     /// Bytes of freed large mappings kept for reuse (saves page faults on large churn).
     LargeCache,
-    /// Print the counters on stderr at exit when non-zero.
+    /// Print the counters at exit: 0 no, [`SHOW_STATS_TEXT`] as text, [`SHOW_STATS_JSON`] as
+    /// one line of JSON (`TIDEMALLOC_SHOW_STATS` is `0`, `1` or `json`). Read at start-up:
+    /// whether anything is printed at exit is decided then.
     ShowStats,
     /// Milliseconds a freed segment stays resident for reuse before it is purged.
     PurgeDelay,
@@ -44,6 +46,11 @@ struct Spec {
     env: &'static [u8],
     glibc_env: &'static [u8],
 }
+
+/// [`Opt::ShowStats`]: the counters as text (`TIDEMALLOC_SHOW_STATS=1`).
+pub const SHOW_STATS_TEXT: usize = 1;
+/// [`Opt::ShowStats`]: the counters as JSON (`TIDEMALLOC_SHOW_STATS=json`).
+pub const SHOW_STATS_JSON: usize = 2;
 
 /// Largest supported mmap threshold: sizes up to here can come from the arena.
 pub const MAX_MMAP_THRESHOLD: usize = 1 << 30;
@@ -79,7 +86,7 @@ const SPECS: [Spec; 12] = [
         env: b"TIDEMALLOC_LARGE_CACHE",
         glibc_env: b"",
     },
-    Spec { opt: Opt::ShowStats, default: 0, max: 1, env: b"TIDEMALLOC_SHOW_STATS", glibc_env: b"" },
+    Spec { opt: Opt::ShowStats, default: 0, max: SHOW_STATS_JSON, env: b"TIDEMALLOC_SHOW_STATS", glibc_env: b"" },
     Spec { opt: Opt::PurgeDelay, default: 1000, max: 1 << 40, env: b"TIDEMALLOC_PURGE_DELAY", glibc_env: b"" },
     Spec { opt: Opt::DirtyMax, default: 256 << 20, max: usize::MAX / 2, env: b"TIDEMALLOC_DIRTY_MAX", glibc_env: b"" },
     Spec { opt: Opt::Perturb, default: 0, max: 255, env: b"TIDEMALLOC_PERTURB", glibc_env: b"MALLOC_PERTURB_" },
@@ -188,24 +195,38 @@ pub(crate) fn load_from_env() {
                 continue;
             }
             let Some(text) = crate::os::getenv(name) else { continue };
-            match parse_size(text) {
+            let (value, expected) = match spec.opt {
+                Opt::ShowStats => (parse_show_stats(text), "0, 1 or json"),
+                _ => (parse_size(text), "a size like 65536, 64K, 32M or 1G"),
+            };
+            match value {
                 Some(v) if v <= spec.max => {
                     store(spec.opt, v);
                     if fixes_threshold(spec.opt) {
                         FIXED.store(true, Relaxed);
                     }
                 }
-                _ => warn_bad_value(name, text),
+                _ => warn_bad_value(name, text, expected),
             }
         }
     }
 }
 
 #[cold]
-fn warn_bad_value(name: &[u8], text: &[u8]) {
+fn warn_bad_value(name: &[u8], text: &[u8], expected: &str) {
     let name = core::str::from_utf8(name).unwrap_or("?");
     let text = core::str::from_utf8(text).unwrap_or("(not UTF-8)");
-    crate::eprint_noalloc!("tidemalloc: warning: ignoring {name}={text}: expected a size like 65536, 64K, 32M or 1G\n");
+    crate::eprint_noalloc!("tidemalloc: warning: ignoring {name}={text}: expected {expected}\n");
+}
+
+/// `TIDEMALLOC_SHOW_STATS`: `0`, `1` (text) or `json` (either case).
+fn parse_show_stats(text: &[u8]) -> Option<usize> {
+    match text {
+        b"0" => Some(0),
+        b"1" => Some(SHOW_STATS_TEXT),
+        t if t.eq_ignore_ascii_case(b"json") => Some(SHOW_STATS_JSON),
+        _ => None,
+    }
 }
 
 /// Parses a decimal byte count with an optional K, M or G suffix (powers of 1024, either
@@ -235,7 +256,18 @@ pub fn parse_size(text: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Opt, get, parse_size, set, set_clamped};
+    use super::{Opt, get, parse_show_stats, parse_size, set, set_clamped};
+
+    #[test]
+    fn show_stats_values() {
+        assert_eq!(parse_show_stats(b"0"), Some(0));
+        assert_eq!(parse_show_stats(b"1"), Some(super::SHOW_STATS_TEXT));
+        assert_eq!(parse_show_stats(b"json"), Some(super::SHOW_STATS_JSON));
+        assert_eq!(parse_show_stats(b"JSON"), Some(super::SHOW_STATS_JSON));
+        for bad in [&b""[..], b"2", b"yes", b"jsonl", b" json", b"1K"] {
+            assert_eq!(parse_show_stats(bad), None, "{:?}", core::str::from_utf8(bad));
+        }
+    }
 
     /// mallopt's -1 (usize::MAX): a trim threshold of "no limit" (never trim on free), other
     /// options at their maximum.

@@ -141,8 +141,15 @@ pub fn write_stderr(bytes: &[u8]) {
     write_fd(2, bytes);
 }
 
-/// Writes all of `bytes` to file descriptor `fd` with write(2), retrying short writes.
-pub fn write_fd(fd: i32, mut bytes: &[u8]) {
+/// Writes all of `bytes` to file descriptor `fd` with write(2), retrying short writes;
+/// errors are ignored (see [`write_all`]).
+pub fn write_fd(fd: i32, bytes: &[u8]) {
+    let _ = write_all(fd, bytes);
+}
+
+/// Writes all of `bytes` to file descriptor `fd` with write(2), retrying short writes. False
+/// if the kernel refused (errno says why).
+pub fn write_all(fd: i32, mut bytes: &[u8]) -> bool {
     while !bytes.is_empty() {
         // SAFETY: the pointer and length describe a live byte slice.
         let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
@@ -150,10 +157,40 @@ pub fn write_fd(fd: i32, mut bytes: &[u8]) {
             if n < 0 && errno() == libc::EINTR {
                 continue;
             }
-            return;
+            return false;
         }
         bytes = &bytes[n as usize..];
     }
+    true
+}
+
+/// Creates (or truncates) the file at `path` for writing, mode 0644, closed on exec.
+/// Returns its descriptor, or the errno of the failure.
+pub fn create_file(path: &core::ffi::CStr) -> Result<i32, i32> {
+    loop {
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC;
+        // SAFETY: `path` is NUL-terminated; open does not allocate.
+        let fd = unsafe { libc::open(path.as_ptr(), flags, 0o644 as libc::c_uint) };
+        if fd >= 0 {
+            return Ok(fd);
+        }
+        if errno() != libc::EINTR {
+            return Err(errno());
+        }
+    }
+}
+
+/// Closes `fd`. False if the kernel reported an error (on Linux the descriptor is closed
+/// all the same; EINTR is no error).
+pub fn close(fd: i32) -> bool {
+    // SAFETY: the caller owns `fd` and does not use it again.
+    unsafe { libc::close(fd) == 0 || errno() == libc::EINTR }
+}
+
+/// The process id.
+pub fn pid() -> u32 {
+    // SAFETY: getpid has no preconditions and cannot fail.
+    unsafe { libc::getpid() as u32 }
 }
 
 /// Ends the process with SIGABRT, without unwinding and without allocating.

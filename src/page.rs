@@ -31,6 +31,7 @@
 //! pointer), and `block_size`, `div_magic`, `area` and `class` change only while the page
 //! holds no block.
 
+use crate::stats::{self, Gauge};
 use core::cell::Cell;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicUsize, Ordering};
@@ -133,11 +134,13 @@ impl Page {
         self.prev.set(ptr::null_mut());
     }
 
-    /// Marks the page unused.
     /// Marks the page unused. `capacity` goes to 0 too, so `block_of` finds no block in it:
     /// a late second free of one of its blocks (whose mark a purge may have wiped) is an
-    /// invalid pointer, not a block linked into a page nobody owns.
+    /// invalid pointer, not a block linked into a page nobody owns. Its carved bytes leave
+    /// the stats gauge.
     pub fn reset(&self) {
+        let carved = self.capacity.load(Ordering::Relaxed) as usize * self.block_size.get();
+        stats::gauge_add(Gauge::CarvedBytes, -(carved as isize));
         self.block_size.set(0);
         self.reserved.set(0);
         self.capacity.store(0, Ordering::Relaxed);
@@ -314,6 +317,7 @@ impl Page {
             self.set_flags(FREE_IS_ZERO, 0);
         }
         self.capacity.store(capacity + n as u32, Ordering::Relaxed);
+        stats::gauge_add(Gauge::CarvedBytes, (n * bs) as isize);
         true
     }
 

@@ -12,6 +12,7 @@
 //! by `thread_id`; huge segments belong to nobody (`thread_id == 0`).
 
 use crate::page::Page;
+use crate::stats::{self, Gauge};
 use core::cell::Cell;
 use core::ptr;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -114,7 +115,7 @@ impl Segment {
         let all = if page_count == 64 { u64::MAX } else { (1u64 << page_count) - 1 };
         // SAFETY: the memory is ours and nobody else knows it; zeroed memory is a valid bit
         // pattern for every field (null pointers, zero counters, atomics at zero, `Kind::Small`,
-        // unused page descriptors); we set the rest.
+        // unused page descriptors); we set the rest, then count the segment.
         unsafe {
             ptr::write_bytes(base, 0, size_of::<Segment>());
             ptr::addr_of_mut!((*seg).kind).write(kind);
@@ -124,9 +125,37 @@ impl Segment {
             ptr::addr_of_mut!((*seg).span_segments).write(span_segments);
             (*seg).free_mask.set(all);
             (*seg).fresh_mask.set(if zeroed { all } else { 0 });
+            (*seg).account(1);
         }
         map_set(base as usize, true);
         seg
+    }
+
+    /// Counts the segment in the gauges as it appears (`sign` 1) or goes back to the arena
+    /// (-1): a huge span as its block, a paged segment as its pages (free ones dirty unless
+    /// fresh).
+    fn account(&self, sign: isize) {
+        if self.kind == Kind::Huge {
+            stats::gauge_add(Gauge::HugeBlocks, sign);
+            stats::gauge_add(Gauge::HugeBytes, sign * self.page_area(0).1 as isize);
+            return;
+        }
+        let all = if self.page_count == 64 { u64::MAX } else { (1u64 << self.page_count) - 1 };
+        let free = self.free_mask.get();
+        stats::gauge_add(Gauge::Segments, sign);
+        stats::gauge_add(Gauge::FreePages, sign * free.count_ones() as isize);
+        stats::gauge_add(Gauge::FreePagesDirty, sign * self.mask_bytes(free & !self.fresh_mask.get()) as isize);
+        stats::gauge_add(Gauge::PageBytes, sign * self.mask_bytes(!free & all) as isize);
+    }
+
+    /// Bytes of the pages whose bits are set in `mask`.
+    fn mask_bytes(&self, mut mask: u64) -> usize {
+        let mut bytes = 0;
+        while mask != 0 {
+            bytes += self.page_area(mask.trailing_zeros() as usize).1;
+            mask &= mask - 1;
+        }
+        bytes
     }
 
     /// Start and end of page `i`'s block area.
@@ -171,20 +200,40 @@ impl Segment {
         self.free_mask.set(free & !(1 << i));
         self.fresh_mask.set(fresh_mask & !(1 << i));
         self.used_pages.set(self.used_pages.get() + 1);
-        Some((i, fresh_mask & (1 << i) != 0))
+        let fresh = fresh_mask & (1 << i) != 0;
+        let len = self.page_area(i).1 as isize;
+        stats::gauge_add(Gauge::FreePages, -1);
+        stats::gauge_add(Gauge::PageBytes, len);
+        if !fresh {
+            stats::gauge_add(Gauge::FreePagesDirty, -len);
+        }
+        Some((i, fresh))
     }
 
-    /// Gives page `i` back to the segment.
+    /// Gives page `i` back to the segment (its memory stays resident: dirty).
     pub fn release_page(&self, i: usize) {
         self.pages[i].reset();
         self.free_mask.set(self.free_mask.get() | 1 << i);
         self.used_pages.set(self.used_pages.get() - 1);
+        let len = self.page_area(i).1 as isize;
+        stats::gauge_add(Gauge::FreePages, 1);
+        stats::gauge_add(Gauge::PageBytes, -len);
+        stats::gauge_add(Gauge::FreePagesDirty, len);
     }
 
-    /// Removes the segment from the lookup map; after this `free` treats pointers into it as
-    /// foreign.
+    /// The free pages in `mask`, dirty until now, were released (madvise): they read as zero.
+    pub fn mark_released(&self, mask: u64) {
+        let fresh = self.fresh_mask.get();
+        let newly = mask & !fresh & self.free_mask.get();
+        self.fresh_mask.set(fresh | mask);
+        stats::gauge_add(Gauge::FreePagesDirty, -(self.mask_bytes(newly) as isize));
+    }
+
+    /// Removes the segment from the lookup map (after this `free` treats pointers into it as
+    /// foreign) and from the gauges: it goes back to the arena.
     pub fn unmap(&self) {
         map_set(self as *const Segment as usize, false);
+        self.account(-1);
     }
 
     /// Whether the segment map says a live segment starts here.

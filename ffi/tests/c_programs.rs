@@ -22,7 +22,9 @@
 //! - `dlopen.c`: the library loaded with dlopen leaves the program break to glibc's malloc;
 //! - `dlopen_threads.c`: threads allocating through a dlopen'ed library (its initial-exec TLS);
 //! - `oom.c`: RLIMIT_AS/RLIMIT_DATA exhaustion through every entry point, then recovery;
-//! - `newdelete.cpp`: C++ new/delete, sized and aligned forms, containers, threads.
+//! - `newdelete.cpp`: C++ new/delete, sized and aligned forms, containers, threads;
+//! - `stats_file.c`: `TIDEMALLOC_STATS_FILE` takes the exit statistics off stderr, one file
+//!   per process across fork and exec; `tidemalloc_stats_json` as snprintf.
 //!
 //! Without gcc/g++ the tests print `SKIP: ...` and pass, except under CI (env var `CI`
 //! set), where they fail.
@@ -483,4 +485,81 @@ fn dlopened_library_serves_threads() {
     clean_env(cmd.arg(&lib.so));
     let r = run(&mut cmd, Duration::from_secs(60));
     assert_passed(&r, "dlopen_threads.c", "dlopen: ok");
+}
+
+// ---- stats_file.c ----
+
+/// Runs `stats_file ARGS` preloaded with `TIDEMALLOC_SHOW_STATS=json` and
+/// `TIDEMALLOC_STATS_FILE=<dir>/s.%p`; checks it passed and wrote no statistics on stderr.
+/// Returns its stdout and the files it left, as (pid in the name, parsed JSON).
+fn stats_files(args: &[&str]) -> (String, Vec<(u32, serde_json::Value)>) {
+    let lib = lib();
+    let bin = compile("stats_file.c", Via::Preload);
+    let dir = build_dir().join(format!("stats-{}", args.first().unwrap_or(&"once")));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the stats directory");
+    let mut cmd = Command::new(&bin);
+    clean_env(cmd.args(args))
+        .env("LD_PRELOAD", &lib.so)
+        .env("TIDEMALLOC_SHOW_STATS", "json")
+        .env("TIDEMALLOC_STATS_FILE", dir.join("s.%p"));
+    let r = run(&mut cmd, Duration::from_secs(60));
+    assert_passed(&r, "stats_file", "stats_file: ok");
+    assert!(
+        !r.stderr.contains("tidemalloc") && !r.stderr.contains("\"version\""),
+        "statistics (or a warning) on stderr:\n{}",
+        r.tail(20)
+    );
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(&dir).expect("read the stats directory") {
+        let path = e.expect("directory entry").path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let pid = name.strip_prefix("s.").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("file {name}"));
+        let text = std::fs::read_to_string(&path).expect("read a stats file");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}: {text}"));
+        assert_eq!(v["pid"].as_u64(), Some(pid as u64), "{name} describes another process: {text}");
+        files.push((pid, v));
+    }
+    files.sort_by_key(|f| f.0);
+    (r.stdout, files)
+}
+
+/// The pid a line `<prefix> N` of `stdout` names.
+fn pid_after(stdout: &str, prefix: &str) -> u32 {
+    let line = stdout.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix:?}:\n{stdout}"));
+    line[prefix.len()..].trim().parse().unwrap_or_else(|_| panic!("{line}"))
+}
+
+#[test]
+fn stats_file_instead_of_stderr() {
+    if !gcc("stats_file_instead_of_stderr") {
+        return;
+    }
+    let (stdout, files) = stats_files(&[]);
+    let pid = pid_after(&stdout, "pid ");
+    assert_eq!(files.iter().map(|f| f.0).collect::<Vec<_>>(), [pid], "one file, named for the process");
+    let v = &files[0].1;
+    assert!(v["in_use"].as_u64() >= Some(300_000) && v["large_blocks"].as_u64() >= Some(1), "{v}");
+    // tidemalloc_stats_json gave the same fields during the run.
+    let during: serde_json::Value =
+        serde_json::from_str(stdout.lines().find_map(|l| l.strip_prefix("json: ")).unwrap())
+            .expect("tidemalloc_stats_json is JSON");
+    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&during), keys(v));
+}
+
+/// A child that execs (the environment passes on) and one that forks and exits write their
+/// own files.
+#[test]
+fn stats_file_per_process_across_fork_and_exec() {
+    if !gcc("stats_file_per_process_across_fork_and_exec") {
+        return;
+    }
+    let (stdout, files) = stats_files(&["spawn"]);
+    let mut want =
+        vec![pid_after(&stdout, "pid "), pid_after(&stdout, "exec child pid "), pid_after(&stdout, "fork child pid ")];
+    want.sort();
+    want.dedup();
+    assert_eq!(want.len(), 3, "three processes:\n{stdout}");
+    assert_eq!(files.iter().map(|f| f.0).collect::<Vec<_>>(), want, "one file per process:\n{stdout}");
 }

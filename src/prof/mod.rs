@@ -238,6 +238,8 @@ pub struct ProfStats {
     pub stacks: usize,
     /// Bytes of the stack table in use (resident at most).
     pub table_bytes: usize,
+    /// Bytes mapped for the stack table.
+    pub table_mapped: usize,
     /// Estimated live bytes of all samples.
     pub live_estimate: i64,
 }
@@ -250,6 +252,7 @@ pub fn prof_stats() -> ProfStats {
         missed: MISSED.load(Relaxed),
         stacks: table::count(),
         table_bytes: table::used_bytes(),
+        table_mapped: if enabled() { table::TABLE_BYTES } else { 0 },
         live_estimate: LIVE_BYTES.load(Relaxed),
     }
 }

@@ -742,6 +742,19 @@ static void test_stats_output(void) {
     xml[n] = 0;
     fclose(f);
     CHECK(r == 0 && strstr(xml, "<malloc") && strstr(xml, "</malloc>"), "malloc_info(0, fp) wrote XML (%zu bytes)", n);
+    /* glibc's shape, then every figure of struct tidemalloc_stats in a tidemalloc element. */
+    const char *names[] = {"in_use=", "page_bytes=", "free_in_pages=", "free_pages_dirty=", "free_spans_dirty=",
+                           "large_cache_bytes=", "meta_segment_headers=", "meta_heaps=", "meta_large_table=",
+                           "reserved_arena_peak="};
+    const char *tide = strstr(xml, "<tidemalloc ");
+    CHECK(tide && strstr(xml, "<total type=\"rest\"") && strstr(xml, "<total type=\"mmap\""),
+          "malloc_info: glibc's totals and a tidemalloc element");
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        CHECK(strstr(tide, names[i]) != NULL, "malloc_info: the tidemalloc element has %s", names[i]);
+    struct tidemalloc_stats st = stats();
+    char mmap[128];
+    snprintf(mmap, sizeof mmap, "<total type=\"mmap\" count=\"%zu\" size=\"%zu\"/>", st.large_blocks, st.large_bytes);
+    CHECK(strstr(xml, mmap) != NULL, "malloc_info: the mmap total is the large blocks: %s", mmap);
     f = tmpfile();
     errno = 0;
     r = malloc_info(1, f);
