@@ -419,6 +419,7 @@ extern "C" fn fork_child() {
     unsafe { release_fork_locks() };
     if let Some(mask) = held {
         abandon_other_heaps();
+        crate::prof::after_fork_child();
         os::set_signal_mask(&mask);
     }
     if arena_interrupted {

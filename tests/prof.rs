@@ -12,6 +12,7 @@ static A: tidemalloc::TideMalloc = tidemalloc::TideMalloc;
 
 mod common;
 mod pprof_decode;
+use tidemalloc as tm;
 
 use common::{describe, is_child, run_child_env};
 use pprof_decode::{Profile, decode_file, site_values};

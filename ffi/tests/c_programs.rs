@@ -26,6 +26,12 @@
 //! - `stats_file.c`: `TIDEMALLOC_STATS_FILE` takes the exit statistics off stderr, one file
 //!   per process across fork and exec; `tidemalloc_stats_json` as snprintf.
 //!
+//! - `leaks.c`: `TIDEMALLOC_LEAKS=1` at rate 1 names the one leaking function and its count;
+//! - `prof_sites.c`: the pprof profile's estimates per C function within 10%, checked here
+//!   and with `go tool pprof -top`;
+//! - `prof_signal.c`: profile dumps from a signal handler, inside other dumps, while threads
+//!   allocate and the program forks children that dump.
+//!
 //! Without gcc/g++ the tests print `SKIP: ...` and pass, except under CI (env var `CI`
 //! set), where they fail.
 
@@ -562,4 +568,138 @@ fn stats_file_per_process_across_fork_and_exec() {
     want.dedup();
     assert_eq!(want.len(), 3, "three processes:\n{stdout}");
     assert_eq!(files.iter().map(|f| f.0).collect::<Vec<_>>(), want, "one file per process:\n{stdout}");
+}
+
+// ---- the heap profiler: leaks.c, prof_sites.c, prof_signal.c ----
+
+#[path = "../../tests/pprof_decode/mod.rs"]
+mod pprof_decode;
+use tide as tm;
+
+/// Runs `bin ARGS` preloaded, with `env` on top of a clean environment.
+fn exec_env(bin: &Path, args: &[&str], env: &[(&str, &str)], limit_secs: u64) -> Run {
+    let lib = lib();
+    let mut cmd = Command::new(bin);
+    clean_env(cmd.args(args)).env("LD_PRELOAD", &lib.so);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd, Duration::from_secs(limit_secs))
+}
+
+/// The leak report at rate 1 names the one leaking function with its exact count, and
+/// nothing else (the program frees everything else, some of it via realloc and calloc,
+/// some large).
+#[test]
+fn leak_report_names_the_leak() {
+    if !gcc("leak_report_names_the_leak") {
+        return;
+    }
+    let bin = compile("leaks.c", Via::Preload);
+    let r = exec_env(&bin, &[], &[("TIDEMALLOC_LEAKS", "1"), ("TIDEMALLOC_PROF_RATE", "1")], 60);
+    assert!(r.success(), "leaks failed:\n{}", r.tail(30));
+    let report: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("tidemalloc: leak")).collect();
+    assert_eq!(report.len(), 2, "one summary and one stack:\n{}", r.stderr);
+    assert!(report[0].contains("1000 blocks, 48000 bytes still live, from 1 stack"), "{}", r.stderr);
+    assert!(report[0].contains("exact"), "{}", r.stderr);
+    assert!(report[1].contains("leak #1: 1000 blocks, 48000 bytes"), "{}", r.stderr);
+    let first_frame = r.stderr.lines().find(|l| l.trim_start().starts_with("#0 ")).expect("a frame");
+    assert!(first_frame.contains("leak_thousand+"), "the innermost frame is the leaking function:\n{}", r.stderr);
+    assert!(r.stderr.contains(" main+"), "the stack goes on to main:\n{}", r.stderr);
+    // Without the variable: no report.
+    let r = exec_env(&bin, &[], &[], 60);
+    assert!(r.success() && !r.stderr.contains("tidemalloc"), "{}", r.tail(10));
+}
+
+/// Known amounts from known C functions: the profile's estimate per function is within 10%
+/// (decoded here, functions named from the profile), and `go tool pprof -top` ranks them.
+#[test]
+fn profile_of_known_c_sites() {
+    if !gcc("profile_of_known_c_sites") {
+        return;
+    }
+    let bin = compile("prof_sites.c", Via::Preload);
+    let dir = build_dir().join("prof-sites");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sites.pb.gz");
+    let prefix = dir.join("exit");
+    let env = [
+        ("TIDEMALLOC_PROF", "1"),
+        ("TIDEMALLOC_PROF_RATE", "4096"),
+        ("TIDEMALLOC_PROF_PREFIX", prefix.to_str().unwrap()),
+    ];
+    let r = exec_env(&bin, &[path.to_str().unwrap()], &env, 120);
+    assert!(r.success(), "prof_sites failed:\n{}", r.tail(30));
+    let p = pprof_decode::decode_file(&path);
+    let v = |f: &str| pprof_decode::site_values(&p, f, &bin);
+    let within = |what: &str, got: i64, want: f64| {
+        let err = (got as f64 - want).abs() / want;
+        assert!(err <= 0.10, "{what}: estimated {got}, true {want} ({:.1}% off)", err * 100.0);
+    };
+    within("alloc_hundred in use", v("alloc_hundred").inuse_space, 100e6);
+    within("alloc_ten in use", v("alloc_ten").inuse_space, 10e6);
+    within("churn_fifty allocated", v("churn_fifty").alloc_space, 50e6);
+    assert_eq!(v("churn_fifty").inuse_space, 0, "churn_fifty freed everything");
+    for (leaf, bytes) in pprof_decode::leaf_names(&p, &bin) {
+        assert!(!["malloc", "free", "calloc", "realloc"].contains(&leaf.as_str()), "leaf {leaf} ({bytes} B)");
+    }
+    // The exit-time profile was written too, named for the process.
+    let exits: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    assert!(exits.iter().any(|n| n.to_string_lossy().starts_with("exit.")), "no exit profile: {exits:?}");
+
+    if !require("profile_of_known_c_sites (go tool pprof)", "go", "golang-go") {
+        return;
+    }
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-top", "-sample_index=inuse_space"])
+        .arg(&bin)
+        .arg(&path)
+        .env("HOME", build_dir())
+        .output()
+        .expect("run go tool pprof");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "go tool pprof failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = |f: &str| text.lines().position(|l| l.ends_with(f)).unwrap_or_else(|| panic!("no {f}:\n{text}"));
+    assert!(line("alloc_hundred") < line("alloc_ten"), "alloc_hundred should rank first:\n{text}");
+    assert!(text.lines().all(|l| !l.ends_with(" malloc")), "malloc as a frame:\n{text}");
+}
+
+/// Dumps from a signal handler (TIDEMALLOC_PROF_SIGNAL), landing inside dumps of another
+/// thread and of the same thread, while threads allocate and the program forks children
+/// that dump: no deadlock, no crash, every file a profile.
+#[test]
+fn profile_dumps_under_signals_and_fork() {
+    if !gcc("profile_dumps_under_signals_and_fork") {
+        return;
+    }
+    let bin = compile("prof_signal.c", Via::Preload);
+    let dir = build_dir().join("prof-signal");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = dir.join("sig");
+    let env = [
+        ("TIDEMALLOC_PROF", "1"),
+        ("TIDEMALLOC_PROF_RATE", "65536"),
+        ("TIDEMALLOC_PROF_SIGNAL", "USR1"),
+        ("TIDEMALLOC_PROF_PREFIX", prefix.to_str().unwrap()),
+    ];
+    let r = exec_env(&bin, &[dir.to_str().unwrap(), "once"], &env, 60);
+    assert_passed(&r, "prof_signal once", "prof_signal: ok");
+    let pid = pid_after(&r.stdout, "pid ");
+    for seq in 0..2 {
+        // 0: the signal's dump; 1: the exit-time one.
+        let f = dir.join(format!("sig.{pid}.{seq}.pb.gz"));
+        assert!(f.exists(), "no {}", f.display());
+        pprof_decode::decode_file(&f);
+    }
+    let r = exec_env(&bin, &[dir.to_str().unwrap()], &env, 120);
+    assert_passed(&r, "prof_signal", "prof_signal: ok");
+    let mut children = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        pprof_decode::decode_file(&path);
+        children += path.file_name().unwrap().to_string_lossy().starts_with("child.") as usize;
+    }
+    assert_eq!(children, 20, "every child wrote its profile");
 }

@@ -257,6 +257,13 @@ pub fn prof_stats() -> ProfStats {
     }
 }
 
+/// In a fork child (only the forking thread exists): forgets work other threads of the
+/// parent were doing (a dump, a peak copy), which never finishes here.
+pub fn after_fork_child() {
+    pprof::forget_dump_in_progress();
+    COPYING.store(false, Relaxed);
+}
+
 /// Writes a pprof profile to `path`, or to the next automatic name when None. False (with
 /// errno set) if profiling is off, a dump is running already, or the file could not be
 /// written.

@@ -71,6 +71,12 @@ fn prefix() -> &'static [u8] {
     unsafe { core::slice::from_raw_parts(p as *const u8, n) }
 }
 
+/// In a fork child: a dump that another thread of the parent was writing does not go on
+/// here, so its flag must not block the child's dumps.
+pub fn forget_dump_in_progress() {
+    DUMPING.store(false, Relaxed);
+}
+
 /// Writes the profile to `path` (None: `<prefix>.<pid>.<seq>.pb.gz`).
 pub fn dump(path: Option<&CStr>) -> bool {
     if !super::enabled() {

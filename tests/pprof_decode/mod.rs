@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::io::Read;
 use std::path::Path;
-use tidemalloc::prof::symbols;
+// The includer names the core crate `tm` (`use tidemalloc as tm;`, in the ffi crate `use tide as tm;`).
+use crate::tm::prof::symbols;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Profile {
