@@ -110,14 +110,14 @@ fn mmap_threshold() -> usize {
 }
 
 /// Allocates `size` bytes aligned to 16. Null when out of memory.
-#[inline]
+#[inline(always)]
 pub fn malloc(size: usize) -> *mut u8 {
     alloc_impl::<false>(size)
 }
 
 /// Allocates `size` zeroed bytes aligned to 16 (memory known fresh from the OS is not
 /// cleared again). Null when out of memory.
-#[inline]
+#[inline(always)]
 pub fn calloc(size: usize) -> *mut u8 {
     alloc_impl::<true>(size)
 }
