@@ -208,7 +208,7 @@ fn init_slow() {
 /// The calling thread's heap, creating it on first use; None if the thread has exited (its
 /// allocations then use the backup heap).
 #[cold]
-fn current_or_create() -> Option<&'static Heap> {
+pub fn current_or_create() -> Option<&'static Heap> {
     let h = thread_heap();
     if h == DEAD {
         return None;
@@ -247,13 +247,27 @@ fn with_heap_slow<R>(f: impl FnOnce(&Heap) -> R) -> Option<R> {
 }
 
 /// Runs `f` on the sample heap (under its lock): where the heap profiler's sampled small
-/// blocks come from. None if it could not be created.
+/// blocks come from. None if it could not be created, or if the lock stays taken: its
+/// holder may be the code this thread's signal handler interrupted (a trim of the locked
+/// heaps), which waiting would deadlock; the caller then serves the request unsampled.
 pub fn with_sample_heap<R>(f: impl FnOnce(&Heap) -> R) -> Option<R> {
-    with_locked_heap(&SAMPLES, SAMPLE_TID, f)
+    for _ in 0..SAMPLE_LOCK_TRIES {
+        if let Some(guard) = SAMPLES.try_lock() {
+            return locked_heap(guard, SAMPLE_TID, f);
+        }
+        os::yield_now();
+    }
+    None
 }
 
+/// Attempts at the sample heap's lock before a sample is given up.
+const SAMPLE_LOCK_TRIES: usize = 200;
+
 fn with_locked_heap<R>(lock: &Lock<Backup>, tid: usize, f: impl FnOnce(&Heap) -> R) -> Option<R> {
-    let mut b = lock.lock();
+    locked_heap(lock.lock(), tid, f)
+}
+
+fn locked_heap<R>(mut b: spin::mutex::SpinMutexGuard<'_, Backup>, tid: usize, f: impl FnOnce(&Heap) -> R) -> Option<R> {
     if b.0.is_null() {
         let h = META.lock().new_heap()?;
         h.thread_id.set(tid);
@@ -509,6 +523,11 @@ impl Heap {
         if self.pages_purge_at.get() == 0 {
             self.pages_purge_at.set(os::now_ms() + options::get(Opt::PurgeDelay) as u64);
         }
+    }
+
+    /// Moves the sample point out of reach while a sample is being taken.
+    pub fn pause_sampling(&self) {
+        self.in_use.set_sample_distance(stats::NO_SAMPLE);
     }
 
     /// Draws the next sample point (after a sample, or when the heap starts).

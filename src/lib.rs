@@ -156,10 +156,17 @@ fn heap_alloc(heap: &heap::Heap, class: usize, size: usize, align: usize, zero: 
 #[cold]
 #[inline(never)]
 fn sample_small(heap: &heap::Heap, page: &page::Page, b: *mut Block, size: usize, align: usize, zero: bool) -> *mut u8 {
-    heap.restart_sample_clock();
+    // No sample while this one is taken: an allocation the unwinder makes, or a signal
+    // handler's, must not come back here (the sample heap's lock, the unwinder's own).
+    heap.pause_sampling();
     let charged = page.block_size();
-    let sampled = if align <= MIN_ALIGN { sampled_small_block(size, zero, charged) } else { None };
-    if let Some(q) = sampled.or_else(|| sampled_block(size, align, zero, charged)) {
+    let sampled = if align <= MIN_ALIGN && size < MAX_CLASS_SIZE {
+        sampled_small_block(size, zero, charged)
+    } else {
+        sampled_block(size, align, zero, charged)
+    };
+    heap.restart_sample_clock();
+    if let Some(q) = sampled {
         // SAFETY: `b` is the block just popped from our `page`, unseen by the program.
         let back = unsafe { heap.free_local(page, b) };
         debug_assert!(back);
@@ -179,14 +186,19 @@ const SAMPLE_HEADER: usize = 16;
 /// recognises one by its segment), with the sample in the 16 bytes before the pointer.
 #[inline(never)]
 fn sampled_small_block(size: usize, zero: bool, charged: usize) -> Option<*mut u8> {
-    let need = size.checked_add(SAMPLE_HEADER).filter(|&n| n <= MAX_CLASS_SIZE)?;
+    // At least one byte after the header: `malloc(0)`'s pointer must lie inside its block.
+    let Some(need) = size.max(1).checked_add(SAMPLE_HEADER).filter(|&n| n <= MAX_CLASS_SIZE) else {
+        prof::missed();
+        return None;
+    };
     let b = heap::with_sample_heap(|h| {
         let b = heap_alloc(h, class_of(need), need, MIN_ALIGN, zero);
         if !b.is_null() {
             heap::mark_sample_headers(b); // the page hands out pointers past the block start
         }
         b
-    })?;
+    })
+    .unwrap_or(ptr::null_mut());
     if b.is_null() {
         prof::missed();
         return None;
@@ -216,35 +228,44 @@ fn sampled_block(size: usize, align: usize, zero: bool, charged: usize) -> Optio
 /// Records the new huge block `b` (size bytes asked) as a sample if the clock says so.
 fn sample_huge(b: *mut u8, size: usize) -> *mut u8 {
     if !b.is_null()
-        && cold_sample_due(size)
-        && let Some(seg) = segment::lookup(b)
+        && let Some(h) = cold_sample_due(size)
     {
-        let s = prof::record(size, size, 0);
-        seg.sample[0].store(s.tag, Ordering::Relaxed);
-        seg.sample[1].store(s.size, Ordering::Relaxed);
+        if let Some(seg) = segment::lookup(b) {
+            let s = prof::record(size, size, 0);
+            seg.sample[0].store(s.tag, Ordering::Relaxed);
+            seg.sample[1].store(s.size, Ordering::Relaxed);
+        }
+        h.restart_sample_clock();
     }
     b
 }
 
-/// Charges a cold-path allocation of `size` bytes to the calling thread's sampling clock;
-/// true if it is to be sampled (the clock then restarts).
-fn cold_sample_due(size: usize) -> bool {
-    match heap::current() {
-        Some(h) if h.charge_cold(size) => {
-            h.restart_sample_clock();
-            true
-        }
-        _ => false,
+/// Charges a cold-path allocation of `size` bytes to the calling thread's sampling clock
+/// (making the thread's heap if it has none: a thread may allocate only large blocks). The
+/// heap if the allocation is to be sampled: its sampling is then paused (see
+/// `sample_small`) until the caller restarts the clock.
+fn cold_sample_due(size: usize) -> Option<&'static heap::Heap> {
+    if !prof::enabled() {
+        return None;
     }
+    let h = heap::current_or_create()?;
+    if !h.charge_cold(size) {
+        return None;
+    }
+    h.pause_sampling();
+    Some(h)
 }
 
 /// Records the new large block `p` of `size` bytes as a sample if the clock says so.
 #[inline(never)]
 fn sample_large(p: *mut u8, size: usize) -> *mut u8 {
-    if !p.is_null() && cold_sample_due(size) {
+    if !p.is_null()
+        && let Some(h) = cold_sample_due(size)
+    {
         let s = prof::record(size, size, 0);
         // SAFETY: `p` is a live large block only this thread knows.
         unsafe { large::set_tag(p, (s.tag, s.size)) };
+        h.restart_sample_clock();
     }
     p
 }
@@ -373,7 +394,8 @@ fn aligned_impl(align: usize, size: usize, zero: bool) -> *mut u8 {
     }
     // A power-of-two class at least as large as the request is naturally aligned.
     if size <= align && align <= NATURAL_ALIGN && align < threshold {
-        return alloc_impl_dyn(align, zero);
+        // Through heap_alloc with the alignment, so a sampled block is aligned too.
+        return heap::with_heap(|h| heap_alloc(h, class_of(align), align, align, zero)).unwrap_or(ptr::null_mut());
     }
     let Some(need) = size.checked_add(align - MIN_ALIGN) else { return ptr::null_mut() };
     if need > MAX_CLASS_SIZE {
@@ -455,6 +477,9 @@ fn free_remote(seg: &segment::Segment, page: &page::Page, b: *mut Block, p: *mut
     }
     // Read before the push, after which the block may be handed out again.
     let sample = if seg.thread_id.load(Ordering::Relaxed) == heap::SAMPLE_TID {
+        if p == b.cast() {
+            bad_free(ptr::null_mut(), p); // a sampled block's pointer lies 16 bytes in
+        }
         // SAFETY: a block of the sample heap starts with its sample (the pointer handed out
         // lies SAMPLE_HEADER bytes in); a freed one's words are list links, judged below.
         unsafe { b.cast::<[usize; 2]>().read() }

@@ -703,3 +703,37 @@ fn profile_dumps_under_signals_and_fork() {
     }
     assert_eq!(children, 20, "every child wrote its profile");
 }
+
+/// Allocations that re-enter the profiler while it samples (a signal handler's; libgcc's
+/// inside the profiler's own unwind when a JIT registered unwind tables) do not hang.
+#[test]
+fn profiler_reentry_does_not_hang() {
+    if !gcc("profiler_reentry_does_not_hang") {
+        return;
+    }
+    let bin = compile("prof_reentry.c", Via::Preload);
+    let dir = build_dir().join("prof-reentry");
+    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = dir.join("p");
+    let env =
+        [("TIDEMALLOC_PROF", "1"), ("TIDEMALLOC_PROF_RATE", "1"), ("TIDEMALLOC_PROF_PREFIX", prefix.to_str().unwrap())];
+    for mode in ["signal", "jit"] {
+        let r = exec_env(&bin, &[mode], &env, 90);
+        assert_passed(&r, &format!("prof_reentry {mode}"), "prof_reentry: ok");
+    }
+}
+
+/// A fault signal as the dump signal is refused with a warning (the handler would return to
+/// the faulting instruction: a profile per fault, for ever).
+#[test]
+fn fault_signal_is_refused_for_dumps() {
+    if !gcc("fault_signal_is_refused_for_dumps") {
+        return;
+    }
+    let bin = compile("leaks.c", Via::Preload);
+    for sig in ["SEGV", "11", "BUS"] {
+        let r = exec_env(&bin, &[], &[("TIDEMALLOC_PROF", "1"), ("TIDEMALLOC_PROF_SIGNAL", sig)], 60);
+        assert!(r.success(), "{}", r.tail(10));
+        assert!(r.stderr.contains(&format!("ignoring TIDEMALLOC_PROF_SIGNAL={sig}")), "{sig}: {}", r.tail(10));
+    }
+}

@@ -20,7 +20,9 @@ const ELF_CACHE: usize = 16;
 struct Symbolizer<'a> {
     text: &'a [u8],
     maps: &'a [(usize, usize, u64, usize, usize)],
-    elves: [Option<(usize, Elf)>; ELF_CACHE],
+    /// Open files by the position of their path in the maps text, each with its function
+    /// index and the index's length.
+    elves: [Option<(usize, Elf, Scratch, usize)>; ELF_CACHE],
     next_evict: usize,
 }
 
@@ -36,8 +38,8 @@ impl<'a> Symbolizer<'a> {
         let file_off = (addr - start) as u64 + offset;
         let mut name = StackBuf::<512>::new();
         let mut fn_off = 0;
-        if let Some(elf) = self.elf(path_at, path)
-            && let Some((raw, off)) = elf.symbol_for_file_offset(file_off)
+        if let Some((elf, index)) = self.elf(path_at, path)
+            && let Some((raw, off)) = elf.file_offset_to_vaddr(file_off).and_then(|v| elf.lookup_indexed(index, v))
         {
             let _ = symbols::demangle(raw, &mut name);
             fn_off = off;
@@ -52,8 +54,8 @@ impl<'a> Symbolizer<'a> {
         !name.is_empty() && super::is_allocator_frame(name)
     }
 
-    fn elf(&mut self, path_at: usize, path: &[u8]) -> Option<&Elf> {
-        let hit = self.elves.iter().position(|e| matches!(e, Some((at, _)) if *at == path_at));
+    fn elf(&mut self, path_at: usize, path: &[u8]) -> Option<(&Elf, &[symbols::IndexedSym])> {
+        let hit = self.elves.iter().position(|e| matches!(e, Some((at, ..)) if *at == path_at));
         let i = match hit {
             Some(i) => i,
             None => {
@@ -61,13 +63,17 @@ impl<'a> Symbolizer<'a> {
                 let _ = c.write_str(core::str::from_utf8(path).ok()?);
                 let _ = c.write_str("\0");
                 let elf = Elf::open(CStr::from_bytes_with_nul(c.as_bytes()).ok()?)?;
+                let mut index = Scratch::new(elf.index_bound().max(1) * size_of::<symbols::IndexedSym>())?;
+                let n = elf.index_functions(index.slice_of());
                 let i = self.next_evict;
                 self.next_evict = (i + 1) % ELF_CACHE;
-                self.elves[i] = Some((path_at, elf));
+                self.elves[i] = Some((path_at, elf, index, n));
                 i
             }
         };
-        self.elves[i].as_ref().map(|(_, e)| e)
+        let (_, elf, index, n) = self.elves[i].as_mut()?;
+        let index = &index.slice_of::<symbols::IndexedSym>()[..*n];
+        Some((&*elf, index))
     }
 }
 

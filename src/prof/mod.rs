@@ -5,18 +5,24 @@
 //!   bytes: the sample points form a Poisson process over the byte stream, so every byte has
 //!   the same chance and an allocation of `s` charged bytes is sampled with probability
 //!   `p = 1 - exp(-s/rate)`. A sample weighs `1/p` objects and `size/p` bytes: unbiased
-//!   estimates of the totals. With profiling off the sample point is `usize::MAX` and the
-//!   malloc fast path's one extra compare never fires.
-//! - **Identifying samples at free.** A sampled block is served as a large block (its own
-//!   mapping; `lib.rs` arranges it) whose header carries the sample's tag, so `free` finds
-//!   samples on the large-block path it already has and the small-block free path pays
-//!   nothing. The cost is a page and two system calls per sample (about one per 512 KiB
-//!   allocated at the default rate).
+//!   estimates of the totals. With profiling off the sample point is 2^62 bytes away and
+//!   the malloc fast path's one extra branch (the sign of the add it already makes) never
+//!   fires.
+//! - **Identifying samples at free** (arranged in `lib.rs`): a sampled small block comes from
+//!   the sample heap (`heap::with_sample_heap`: owned by no thread, used under its lock),
+//!   with the sample in 16 bytes before the pointer; a sampled huge block keeps it in its
+//!   segment header, a large block in its mapping's header. `free` reaches all three on the
+//!   paths it takes for them anyway; the small-block free path pays nothing.
 //! - **Stacks** come from the unwind tables (`stack`), are kept in a lock-free table
 //!   (`table`), and are written out as a pprof profile (`pprof`) or a leak report (`leaks`).
+//! - While a thread takes a sample its clock is paused, so an allocation made meanwhile (by
+//!   the unwinder, or by a signal handler) is not sampled and cannot re-enter the sample
+//!   heap's lock or the unwinder.
 //!
-//! Nothing here allocates through malloc or takes a lock: a free or a dump in a signal
-//! handler, or a fork at any moment, cannot deadlock it.
+//! Nothing here allocates through malloc. Recording a sample, a free and a dump take no lock
+//! of the profiler's (the sample heap's lock is the heap layer's, taken only to allocate a
+//! sampled small block); a dump makes only system calls, so it works in a signal handler,
+//! and a fork at any moment leaves the table usable.
 
 pub mod gzip;
 mod leaks;
@@ -311,8 +317,19 @@ extern "C" fn on_dump_signal(_sig: core::ffi::c_int) {
 
 /// A signal number from its number or name (with or without `SIG`).
 fn parse_signal(text: &[u8]) -> Option<i32> {
+    // A fault signal would come back at once when the handler returns: a profile per fault.
+    const FAULTS: [i32; 8] = [
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGFPE,
+        libc::SIGILL,
+        libc::SIGTRAP,
+        libc::SIGSYS,
+        libc::SIGABRT,
+        libc::SIGKILL,
+    ];
     if let Some(n) = options::parse_size(text) {
-        return i32::try_from(n).ok().filter(|&n| n > 0 && n < 65);
+        return i32::try_from(n).ok().filter(|&n| n > 0 && n < 65 && !FAULTS.contains(&n) && n != libc::SIGSTOP);
     }
     let name = text.strip_prefix(b"SIG").unwrap_or(text);
     const NAMES: [(&[u8], i32); 8] = [

@@ -143,10 +143,11 @@ fn write_profile(path: &CStr) -> bool {
     let Some(mut out) = Scratch::new(out_len) else { return false };
     let mut w = Writer::new(out.bytes());
     write_header(&mut w);
-    write_samples(&mut w, locs);
-    let mut symbolised = [false; MAX_SYMBOLISED_MAPS];
-    write_locations(&mut w, locs, maps, text, &mut fns, &mut symbolised);
-    write_mappings(&mut w, maps, &symbolised);
+    write_samples(&mut w, locs, nb);
+    let Some(mut symbolised) = Scratch::new(maps.len()) else { return false };
+    let symbolised = symbolised.slice_of::<bool>();
+    write_locations(&mut w, locs, maps, text, &mut fns, symbolised);
+    write_mappings(&mut w, maps, symbolised);
     write_functions(&mut w, &fns, maps.len());
     write_strings(&mut w, maps, text, &fns);
     if w.overflowed() {
@@ -162,9 +163,6 @@ fn write_profile(path: &CStr) -> bool {
     };
     os::write_file(path, &gz.bytes()[..n])
 }
-
-/// Mappings whose symbol tables the dump reads (the rest go out unsymbolised).
-const MAX_SYMBOLISED_MAPS: usize = 256;
 
 /// A function of the profile: where its symbol starts (mapping, file offset) and its
 /// demangled name in the names buffer.
@@ -192,10 +190,15 @@ impl Functions<'_> {
     fn intern(&mut self, map: usize, start: u64, raw: &[u8]) -> Option<u64> {
         let mask = self.slots.len() - 1;
         let mut i = ((start ^ (map as u64) << 48).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 24) as usize & mask;
+        let mut probes = 0;
         loop {
             let v = self.slots[i] as usize;
             if v == 0 {
                 break;
+            }
+            probes += 1;
+            if probes > self.slots.len() {
+                return None;
             }
             let f = &self.funcs[v - 1];
             if f.map as usize == map && f.start == start {
@@ -253,28 +256,33 @@ fn write_header(w: &mut Writer) {
     }
 }
 
-/// The location id of `addr` (1-based), entering it in the set if new.
+/// The location id of `addr` (1-based), entering it in the set if new. The set has room
+/// for twice the frames of the buckets written; 0 if it is full all the same.
 fn location_id(locs: &mut [usize], addr: usize) -> u64 {
     let mask = locs.len() - 1;
     let mut i = (addr.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20) & mask;
-    loop {
+    for _ in 0..locs.len() {
         if locs[i] == addr || locs[i] == 0 {
             locs[i] = addr;
             return i as u64 + 1;
         }
         i = (i + 1) & mask;
     }
+    0
 }
 
-fn write_samples(w: &mut Writer, locs: &mut [usize]) {
+fn write_samples(w: &mut Writer, locs: &mut [usize], nb: usize) {
     let live_is_peak = super::live_is_peak();
     let mut frames = [0usize; MAX_DEPTH];
     let mut ids = [0u64; MAX_DEPTH];
-    table::for_each(|_, b| {
+    table::for_each_below(nb, |_, b| {
         let depth = b.frames(&mut frames);
-        for (id, &f) in ids.iter_mut().zip(&frames[..depth]) {
-            *id = location_id(locs, f.max(1));
+        let mut n = 0;
+        for &f in &frames[..depth] {
+            ids[n] = location_id(locs, f.max(1));
+            n += (ids[n] != 0) as usize;
         }
+        let depth = n;
         let objs = |v: i64| (v.max(0) as u64 + OBJ_ONE / 2) / OBJ_ONE;
         let (live_o, live_b) = (b.live_objs.load(Relaxed), b.live_bytes.load(Relaxed));
         let (peak_o, peak_b) =
@@ -310,37 +318,57 @@ fn write_mappings(w: &mut Writer, maps: &[Map], symbolised: &[bool]) {
 
 /// Writes every location, naming its function from the symbol tables of its mapping's file
 /// where they have it (so the profile reads the same without the binaries, and whatever
-/// pprof makes of the binary's layout).
+/// pprof makes of the binary's layout). Locations go in address order, so one file is open
+/// at a time, with a sorted index of its functions (a binary search per location).
 fn write_locations(w: &mut Writer, locs: &[usize], maps: &[Map], text: &[u8], fns: &mut Functions, done: &mut [bool]) {
-    let mut elves: [Option<symbols::Elf>; MAX_SYMBOLISED_MAPS] = [const { None }; MAX_SYMBOLISED_MAPS];
-    let mut tried = [false; MAX_SYMBOLISED_MAPS];
+    let Some(mut order_buf) = Scratch::new(locs.len() * size_of::<(usize, usize)>()) else { return };
+    let order = order_buf.slice_of::<(usize, usize)>();
+    let mut n = 0;
     for (i, &addr) in locs.iter().enumerate() {
-        if addr == 0 {
-            continue;
+        if addr != 0 {
+            order[n] = (addr, i + 1);
+            n += 1;
         }
+    }
+    let order = &mut order[..n];
+    order.sort_unstable();
+    let mut open: Option<(usize, symbols::Elf, Scratch, usize)> = None;
+    for &(addr, id) in order.iter() {
         let e = w.begin(4);
-        w.uint64(1, i as u64 + 1);
+        w.uint64(1, id as u64);
         let m = maps.partition_point(|m| m.end <= addr);
         if m < maps.len() && maps[m].start <= addr {
             w.uint64(2, m as u64 + 1);
-            let file_off = (addr - maps[m].start) as u64 + maps[m].offset;
-            if m < MAX_SYMBOLISED_MAPS && !tried[m] {
-                tried[m] = true;
-                elves[m] = open_elf(&text[maps[m].path_at..maps[m].path_at + maps[m].path_len]);
-                done[m] = elves[m].is_some();
+            if open.as_ref().is_none_or(|o| o.0 != m) {
+                drop(open.take()); // unmaps the previous file and its index first
+                open = open_indexed(&text[maps[m].path_at..maps[m].path_at + maps[m].path_len])
+                    .map(|(e, s, n)| (m, e, s, n));
+                done[m] = open.is_some();
             }
-            if let Some(elf) = elves.get(m).and_then(Option::as_ref)
-                && let Some((raw, off)) = elf.symbol_for_file_offset(file_off)
-                && let Some(id) = fns.intern(m, file_off - off, raw)
-            {
-                let line = w.begin(4);
-                w.uint64(1, id);
-                w.end(line);
+            if let Some((_, elf, index, count)) = open.as_mut() {
+                let file_off = (addr - maps[m].start) as u64 + maps[m].offset;
+                let index = &index.slice_of::<symbols::IndexedSym>()[..*count];
+                if let Some(vaddr) = elf.file_offset_to_vaddr(file_off)
+                    && let Some((raw, off)) = elf.lookup_indexed(index, vaddr)
+                    && let Some(fid) = fns.intern(m, file_off - off, raw)
+                {
+                    let line = w.begin(4);
+                    w.uint64(1, fid);
+                    w.end(line);
+                }
             }
         }
         w.uint64(3, addr as u64);
         w.end(e);
     }
+}
+
+/// The file at `path` with a sorted index of its functions (and the index's length).
+fn open_indexed(path: &[u8]) -> Option<(symbols::Elf, Scratch, usize)> {
+    let elf = open_elf(path)?;
+    let mut index = Scratch::new(elf.index_bound().max(1) * size_of::<symbols::IndexedSym>())?;
+    let n = elf.index_functions(index.slice_of());
+    Some((elf, index, n))
 }
 
 fn open_elf(path: &[u8]) -> Option<symbols::Elf> {

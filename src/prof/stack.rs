@@ -4,12 +4,13 @@
 //! The unwinder finds the tables through `dl_iterate_phdr` and keeps its own static cache;
 //! it does not call malloc for objects the dynamic loader knows.
 
-use super::scratch::read_maps;
+use super::scratch::{Scratch, read_maps};
 use super::symbols;
 use crate::msg::StackBuf;
 use core::ffi::{CStr, c_int, c_void};
 use core::fmt::Write as _;
-use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering::*};
 
 /// Frames kept per stack (the innermost ones).
 pub const MAX_DEPTH: usize = 64;
@@ -60,44 +61,132 @@ pub fn capture(skip: usize) -> Stack {
 }
 
 // ---- the allocator's own frames ----
+//
+// The innermost frames of a captured stack are the allocator's (the capture itself, the
+// sample path, malloc or GlobalAlloc's entry): they are dropped so a stack starts at the
+// program's call. Where tidemalloc is a shared object of its own (LD_PRELOAD, linked), that
+// is every frame inside its text: a range check. Where it is linked into the program (a
+// Rust program on `TideMalloc`), its code shares the text with the program's, and frames
+// there are told apart by their function's name (`super::is_allocator_frame`), through a
+// sorted index of the program's symbols made at the first sample and kept.
+
+/// What is known of tidemalloc's own code: its text mapping, whether that is a shared object
+/// of its own, and (otherwise) the index of the program's symbols.
+struct Ours {
+    start: usize,
+    end: usize,
+    /// File offset of `start`.
+    offset: u64,
+    own_object: bool,
+    /// The program's file and its function index (linked-in case); never freed.
+    elf: Option<symbols::Elf>,
+    index: *const symbols::IndexedSym,
+    index_len: usize,
+}
+
+/// 0: not looked up yet, 1: being looked up, 2: `OURS` is set, 3: the lookup failed.
+static OURS_STATE: AtomicU8 = AtomicU8::new(0);
+static OURS: AtomicPtr<Ours> = AtomicPtr::new(ptr::null_mut());
+
+/// The allocator's text, once known (None while another thread looks it up, or if that
+/// failed).
+fn ours() -> Option<&'static Ours> {
+    if OURS_STATE.load(Acquire) == 0 && OURS_STATE.compare_exchange(0, 1, Acquire, Relaxed).is_ok() {
+        let p = find_ours();
+        OURS.store(p, Relaxed);
+        OURS_STATE.store(if p.is_null() { 3 } else { 2 }, Release);
+    }
+    if OURS_STATE.load(Acquire) != 2 {
+        return None;
+    }
+    // SAFETY: published once, never freed.
+    Some(unsafe { &*OURS.load(Relaxed) })
+}
+
+fn find_ours() -> *mut Ours {
+    let here = capture as *const () as usize;
+    let Some((mut maps, len)) = read_maps() else { return ptr::null_mut() };
+    let text = &maps.bytes()[..len];
+    let Some(e) = symbols::find_mapping(text, here) else { return ptr::null_mut() };
+    // SAFETY: getauxval has no preconditions.
+    let phdr = unsafe { libc::getauxval(libc::AT_PHDR) } as usize;
+    let program = symbols::find_mapping(text, phdr);
+    let own_object = program.as_ref().map(|p| p.file_path()) != Some(e.file_path());
+    let (elf, index, index_len) = if own_object { (None, ptr::null(), 0) } else { index_file(e.file_path()) };
+    let Some(mut mem) = Scratch::new(size_of::<Ours>()) else { return ptr::null_mut() };
+    let o = Ours { start: e.start, end: e.end, offset: e.offset, own_object, elf, index, index_len };
+    let p = mem.slice_of::<u8>().as_mut_ptr().cast::<Ours>();
+    // SAFETY: the mapping is page aligned, large enough, and kept for ever (forgotten below).
+    unsafe { p.write(o) };
+    core::mem::forget(mem);
+    p
+}
+
+/// Opens `path` and indexes its functions, for good (the mappings are never unmapped).
+fn index_file(path: &[u8]) -> (Option<symbols::Elf>, *const symbols::IndexedSym, usize) {
+    let mut c = StackBuf::<4100>::new();
+    let _ = c.write_str(core::str::from_utf8(path).unwrap_or(""));
+    let _ = c.write_str("\0");
+    let Some(elf) = CStr::from_bytes_with_nul(c.as_bytes()).ok().and_then(symbols::Elf::open) else {
+        return (None, ptr::null(), 0);
+    };
+    let Some(mut mem) = Scratch::new(elf.index_bound().max(1) * size_of::<symbols::IndexedSym>()) else {
+        return (Some(elf), ptr::null(), 0);
+    };
+    let n = elf.index_functions(mem.slice_of());
+    let p = mem.slice_of::<symbols::IndexedSym>().as_ptr();
+    core::mem::forget(mem);
+    (Some(elf), p, n)
+}
+
+impl Ours {
+    fn contains(&self, ip: usize) -> bool {
+        (self.start..self.end).contains(&ip)
+    }
+
+    /// Whether the frame at `ip` (inside our text) is the allocator's.
+    fn is_allocator(&self, ip: usize) -> bool {
+        if self.own_object {
+            return true;
+        }
+        let Some(elf) = &self.elf else { return false };
+        if self.index.is_null() {
+            return false;
+        }
+        // SAFETY: the index was filled with `index_len` entries and is never freed.
+        let index = unsafe { core::slice::from_raw_parts(self.index, self.index_len) };
+        let file_off = (ip - self.start) as u64 + self.offset;
+        let Some((raw, _)) = elf.file_offset_to_vaddr(file_off).and_then(|v| elf.lookup_indexed(index, v)) else {
+            return false;
+        };
+        let mut name = StackBuf::<512>::new();
+        let _ = symbols::demangle(raw, &mut name);
+        core::str::from_utf8(name.as_bytes()).is_ok_and(super::is_allocator_frame)
+    }
+}
 
 /// Frames classified so far: `ip << 1 | is_allocator`, 0 for an empty slot (direct-mapped;
 /// a collision just classifies again).
 static CLASSIFIED: [AtomicUsize; 1024] = [const { AtomicUsize::new(0) }; 1024];
 
-/// Drops the innermost frames that belong to the allocator (its entry points, found by
-/// symbol name: see `super::is_allocator_frame`), so a stack starts at the program's call.
+/// Drops the innermost frames that belong to the allocator.
 pub fn strip_allocator_frames(s: &mut Stack) {
-    let n = s.frames[..s.depth].iter().take_while(|&&ip| is_allocator_ip(ip)).count();
+    let Some(ours) = ours() else { return };
+    let n = s.frames[..s.depth].iter().take_while(|&&ip| ours.contains(ip) && is_allocator_ip(ours, ip)).count();
     s.frames.copy_within(n..s.depth, 0);
     s.depth -= n;
 }
 
-fn is_allocator_ip(ip: usize) -> bool {
+fn is_allocator_ip(ours: &Ours, ip: usize) -> bool {
+    if ours.own_object {
+        return true;
+    }
     let slot = &CLASSIFIED[(ip ^ (ip >> 10)) % CLASSIFIED.len()];
     let v = slot.load(Relaxed);
     if v >> 1 == ip {
         return v & 1 != 0;
     }
-    let ours = classify(ip);
-    slot.store(ip << 1 | ours as usize, Relaxed);
-    ours
-}
-
-/// Looks the frame's function up in the symbol tables of its object (a few system calls:
-/// done once per distinct address).
-#[cold]
-fn classify(ip: usize) -> bool {
-    let Some((mut maps, len)) = read_maps() else { return false };
-    let Some(e) = symbols::find_mapping(&maps.bytes()[..len], ip) else { return false };
-    let Some(off) = e.file_offset(ip) else { return false };
-    let mut path = StackBuf::<4100>::new();
-    let _ = path.write_str(core::str::from_utf8(e.file_path()).unwrap_or(""));
-    let _ = path.write_str("\0");
-    let Ok(path) = CStr::from_bytes_with_nul(path.as_bytes()) else { return false };
-    let Some(elf) = symbols::Elf::open(path) else { return false };
-    let Some((raw, _)) = elf.symbol_for_file_offset(off) else { return false };
-    let mut name = StackBuf::<512>::new();
-    let _ = symbols::demangle(raw, &mut name);
-    core::str::from_utf8(name.as_bytes()).is_ok_and(super::is_allocator_frame)
+    let mine = ours.is_allocator(ip);
+    slot.store(ip << 1 | mine as usize, Relaxed);
+    mine
 }

@@ -248,6 +248,19 @@ impl Found<'_> {
     }
 }
 
+/// A function symbol in an index (see [`Elf::index_functions`]): zeroed memory is a valid
+/// (empty) entry.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IndexedSym {
+    value: u64,
+    size: u64,
+    /// Offset of the name in the string table of section `table`.
+    name: u32,
+    table: u16,
+    shndx: u16,
+    bind: u8,
+}
+
 /// An ELF64 little-endian file mapped read-only; unmapped on drop.
 pub struct Elf {
     base: *const u8,
@@ -430,6 +443,102 @@ impl Elf {
             }
         }
         None
+    }
+
+    /// Entries an index of this file's functions may need (see [`Elf::index_functions`]).
+    pub fn index_bound(&self) -> usize {
+        let mut n = 0;
+        for i in 0..self.shnum {
+            if let Some(s) = self.section(i).filter(|s| s.ty == SHT_SYMTAB || s.ty == SHT_DYNSYM) {
+                n += usize::try_from(s.size).unwrap_or(0) / SYM_SIZE;
+            }
+        }
+        n
+    }
+
+    /// Fills `out` with the function symbols (as [`Elf::symbol_for_vaddr`] counts them) of
+    /// `.symtab`, or of `.dynsym` when there is no `.symtab`, sorted by start, for
+    /// [`Elf::lookup_indexed`]: a binary search instead of a pass over the table per lookup.
+    /// Returns the number of entries (at most `out.len()`).
+    pub fn index_functions(&self, out: &mut [IndexedSym]) -> usize {
+        let mut n = 0;
+        for ty in [SHT_SYMTAB, SHT_DYNSYM] {
+            for i in 0..self.shnum {
+                let Some(s) = self.section(i).filter(|s| s.ty == ty) else { continue };
+                n += self.index_table(&s, i, &mut out[n..]);
+            }
+            if n > 0 {
+                break;
+            }
+        }
+        let out = &mut out[..n];
+        out.sort_unstable_by_key(|e| e.value);
+        n
+    }
+
+    fn index_table(&self, symtab: &Section, table: usize, out: &mut [IndexedSym]) -> usize {
+        let Some(syms) = self.section_data(symtab) else { return 0 };
+        let entsize = match usize::try_from(symtab.entsize) {
+            Ok(0) => SYM_SIZE,
+            Ok(n) if n >= SYM_SIZE => n,
+            _ => return 0,
+        };
+        let mut n = 0;
+        for sym in syms.chunks_exact(entsize) {
+            if n == out.len() {
+                break;
+            }
+            let (Some(name), Some(value), Some(size), Some(shndx)) =
+                (u32_at(sym, 0), u64_at(sym, 8), u64_at(sym, 16), u16_at(sym, 6))
+            else {
+                continue;
+            };
+            let (info, ty) = (sym[4], sym[4] & 0xf);
+            if shndx == 0 || shndx >= SHN_LORESERVE || name == 0 {
+                continue;
+            }
+            let eligible = match ty {
+                STT_FUNC | STT_GNU_IFUNC => true,
+                STT_NOTYPE => size > 0 && self.section(shndx as usize).is_some_and(|s| s.flags & SHF_EXECINSTR != 0),
+                _ => false,
+            };
+            if eligible {
+                out[n] = IndexedSym { value, size, name, table: table as u16, shndx, bind: info >> 4 };
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// [`Elf::symbol_for_vaddr`] through an index from [`Elf::index_functions`] (sized
+    /// functions containing `vaddr`, the innermost preferred; else a size-0 function of the
+    /// same section right below it).
+    pub fn lookup_indexed(&self, index: &[IndexedSym], vaddr: u64) -> Option<(&[u8], u64)> {
+        let end = index.partition_point(|e| e.value <= vaddr);
+        let mut best: Option<Found<'_>> = None;
+        // Functions containing `vaddr` start at most this many entries below (nested or
+        // aliased symbols); beyond, only a huge enclosing function could, which is rare.
+        for e in index[end.saturating_sub(64)..end].iter().rev() {
+            if vaddr - e.value < e.size {
+                let f = Found { name: self.indexed_name(e)?, value: e.value, size: e.size, bind: e.bind };
+                if best.is_none_or(|b| f.better_than(&b)) {
+                    best = Some(f);
+                }
+            }
+        }
+        if best.is_none()
+            && let Some(e) = end.checked_sub(1).map(|i| &index[i]).filter(|e| e.size == 0)
+            && self.section(e.shndx as usize).is_some_and(|s| vaddr >= s.addr && vaddr - s.addr < s.size)
+        {
+            best = Some(Found { name: self.indexed_name(e)?, value: e.value, size: 0, bind: e.bind });
+        }
+        best.map(|f| (f.name, vaddr - f.value))
+    }
+
+    fn indexed_name(&self, e: &IndexedSym) -> Option<&[u8]> {
+        let symtab = self.section(e.table as usize)?;
+        let strtab = self.section(symtab.link as usize).filter(|s| s.ty == SHT_STRTAB)?;
+        cstr_at(self.section_data(&strtab)?, e.name as usize).filter(|n| !n.is_empty())
     }
 
     fn search(&self, symtab: &Section, vaddr: u64, home: Option<usize>) -> Option<Found<'_>> {

@@ -161,9 +161,15 @@ pub fn bucket(id: u32) -> Option<&'static Bucket> {
 }
 
 /// Calls `f` on every complete bucket.
-pub fn for_each(mut f: impl FnMut(u32, &'static Bucket)) {
+pub fn for_each(f: impl FnMut(u32, &'static Bucket)) {
+    for_each_below(usize::MAX, f);
+}
+
+/// Calls `f` on every complete bucket with an id below `limit` (a pass sized by an earlier
+/// [`count`] sees no bucket made since).
+pub fn for_each_below(limit: usize, mut f: impl FnMut(u32, &'static Bucket)) {
     let Some(t) = table() else { return };
-    for id in 0..buckets_claimed(t) {
+    for id in 0..buckets_claimed(t).min(limit) {
         let b = &t.buckets[id];
         if b.published.load(Acquire) {
             f(id as u32, b);
