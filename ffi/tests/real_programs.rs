@@ -1,8 +1,10 @@
-//! Real programs from Debian packages on `libtidemalloc.so`: each workload runs twice, in
-//! fresh directories, once as is and once with `LD_PRELOAD` of the release library (and
+//! Real programs from Debian packages on `libtidemalloc.so`: each workload runs three times,
+//! in fresh directories: as is, with `LD_PRELOAD` of the release library (and
 //! `TIDEMALLOC_SHOW_STATS=1`, which prints tidemalloc's counters on stderr at the exit of
-//! every process). Both runs must exit 0 with identical stdout, and the preloaded run's
-//! stderr must show that tidemalloc served it. Stderr is not compared: the counters (and
+//! every process), and preloaded with the heap profiler on (`TIDEMALLOC_PROF=1` at a rate of
+//! 4 KiB, so every process takes many samples). All runs must exit 0 with identical stdout,
+//! the preloaded runs' stderr must show that tidemalloc served them, and the profiled run
+//! must leave a profile per process that decodes. Stderr is not compared: the counters (and
 //! timings some tools print) differ.
 //!
 //! Workloads: python3 (dicts, lists, strings, json), git (2,000 files: add, commit, gc, log),
@@ -14,6 +16,9 @@
 //! set), where the test fails.
 
 mod common;
+#[path = "../../tests/pprof_decode/mod.rs"]
+mod pprof_decode;
+use tide as tm;
 
 use common::{Run, clean_env, lib, require, run, scratch_dir};
 use std::fmt::Write as _;
@@ -38,8 +43,17 @@ fn step(args: &[&str]) -> Step {
     v
 }
 
+/// How a workload runs: without tidemalloc, preloaded, or preloaded with the profiler
+/// writing its profiles under the given prefix.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode<'a> {
+    Plain,
+    Preload,
+    Profiled(&'a Path),
+}
+
 /// Runs every step in `dir`; returns the runs (stopping at the first failure).
-fn run_steps(dir: &Path, steps: &[Step], preload: bool) -> Vec<(String, Run)> {
+fn run_steps(dir: &Path, steps: &[Step], mode: Mode) -> Vec<(String, Run)> {
     let mut runs = Vec::new();
     for s in steps {
         let mut cmd = Command::new(&s[0]);
@@ -58,8 +72,11 @@ fn run_steps(dir: &Path, steps: &[Step], preload: bool) -> Vec<(String, Run)> {
             .env("GIT_COMMITTER_EMAIL", "tide@example.org")
             .env("GIT_COMMITTER_DATE", "2024-01-02T03:04:05Z");
         clean_env(&mut cmd);
-        if preload {
+        if mode != Mode::Plain {
             cmd.env("LD_PRELOAD", &lib().so).env("TIDEMALLOC_SHOW_STATS", "1");
+        }
+        if let Mode::Profiled(prefix) = mode {
+            cmd.env("TIDEMALLOC_PROF", "1").env("TIDEMALLOC_PROF_RATE", "4096").env("TIDEMALLOC_PROF_PREFIX", prefix);
         }
         let r = run(&mut cmd, Duration::from_secs(300));
         let label = s.join(" ");
@@ -77,13 +94,21 @@ fn run_steps(dir: &Path, steps: &[Step], preload: bool) -> Vec<(String, Run)> {
 fn compare(test: &str, setup: impl Fn(&Path), steps: &[Step], expect: &str) {
     let base = scratch_dir(&format!("real-{test}"));
     let mut outputs = Vec::new();
-    for preload in [false, true] {
-        let dir = base.join(if preload { "tidemalloc" } else { "plain" });
+    let profiles = base.join("profiles");
+    std::fs::create_dir_all(&profiles).expect("create the profile dir");
+    let prefix = profiles.join("p");
+    for mode in [Mode::Plain, Mode::Preload, Mode::Profiled(&prefix)] {
+        let preload = mode != Mode::Plain;
+        let (name, which) = match mode {
+            Mode::Plain => ("plain", "without tidemalloc"),
+            Mode::Preload => ("tidemalloc", "with LD_PRELOAD=libtidemalloc.so"),
+            Mode::Profiled(_) => ("profiled", "with LD_PRELOAD=libtidemalloc.so TIDEMALLOC_PROF=1"),
+        };
+        let dir = base.join(name);
         std::fs::create_dir_all(&dir).expect("create work dir");
         setup(&dir);
         let started = std::time::Instant::now();
-        let runs = run_steps(&dir, steps, preload);
-        let which = if preload { "with LD_PRELOAD=libtidemalloc.so" } else { "without tidemalloc" };
+        let runs = run_steps(&dir, steps, mode);
         eprintln!("{test} {which}: {:.1?}", started.elapsed());
         let mut stdout = String::new();
         for (label, r) in &runs {
@@ -102,9 +127,22 @@ fn compare(test: &str, setup: impl Fn(&Path), steps: &[Step], expect: &str) {
         outputs.push(stdout.replace(&*dir.to_string_lossy(), "<dir>"));
     }
     assert!(outputs[0].contains(expect), "{test}: no {expect:?} in the output:\n{}", outputs[0]);
-    if outputs[0] != outputs[1] {
-        let a: Vec<&str> = outputs[0].lines().collect();
-        let b: Vec<&str> = outputs[1].lines().collect();
+    for other in &outputs[1..] {
+        same_output(test, &outputs[0], other);
+    }
+    let files: Vec<PathBuf> = std::fs::read_dir(&profiles).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(files.len() >= steps.len(), "{test}: {} profiles for {} steps", files.len(), steps.len());
+    for f in &files {
+        let p = pprof_decode::decode_file(f);
+        assert!(p.sample_type.len() == 6 && p.period == 4096, "{test}: {}", f.display());
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+fn same_output(test: &str, want: &str, got: &str) {
+    if want != got {
+        let a: Vec<&str> = want.lines().collect();
+        let b: Vec<&str> = got.lines().collect();
         let i = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
         panic!(
             "{test}: stdout differs with tidemalloc at line {} ({} vs {} lines):\nwithout: {:?}\nwith:    {:?}",
@@ -115,7 +153,6 @@ fn compare(test: &str, setup: impl Fn(&Path), steps: &[Step], expect: &str) {
             b.get(i)
         );
     }
-    let _ = std::fs::remove_dir_all(&base);
 }
 
 fn write(dir: &Path, name: &str, text: &str) {
