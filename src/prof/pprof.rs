@@ -122,8 +122,16 @@ fn write_profile(path: &CStr) -> bool {
     let maps = collect_maps(text, maps_scratch.slice_of::<Map>());
 
     let nb = table::count();
-    // Locations: one per distinct address, found through an open-addressing set.
-    let loc_cap = (nb * MAX_DEPTH * 2).next_power_of_two().max(1024);
+    // Locations: one per distinct address, found through an open-addressing set with room
+    // for twice the frames there are (a bucket published since counts at full depth). Sized
+    // by the frames, not the buckets: the set is touched all over, so it is resident whole.
+    let (mut frames, mut seen) = (0, 0);
+    table::for_each_below(nb, |_, b| {
+        frames += b.depth();
+        seen += 1;
+    });
+    frames += (nb - seen.min(nb)) * MAX_DEPTH;
+    let loc_cap = (frames * 2).next_power_of_two().max(1024);
     let Some(mut loc_scratch) = Scratch::new(loc_cap * size_of::<usize>()) else { return false };
     let locs = &mut loc_scratch.slice_of::<usize>()[..loc_cap];
     // Functions: at most one per location.
@@ -139,7 +147,8 @@ fn write_profile(path: &CStr) -> bool {
     };
     let mut fns = Functions { slots, funcs, n: 0, names: names.bytes(), names_len: 0 };
 
-    let out_len = nb * (MAX_DEPTH * 12 + 100) + loc_cap * 40 + maps_len * 2 + DROP_FRAMES.len() + 4096 + loc_cap * 80;
+    // Samples, locations, and the functions with their names (at most the names buffer).
+    let out_len = nb * 100 + frames * 12 + loc_cap * 40 + loc_cap * 80 + maps_len * 2 + DROP_FRAMES.len() + 4096;
     let Some(mut out) = Scratch::new(out_len) else { return false };
     let mut w = Writer::new(out.bytes());
     write_header(&mut w);

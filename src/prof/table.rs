@@ -53,6 +53,11 @@ impl Bucket {
         n
     }
 
+    /// Frames in the bucket's stack.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Relaxed) as usize
+    }
+
     fn same_stack(&self, hash: u64, s: &Stack) -> bool {
         self.hash.load(Relaxed) == hash
             && self.depth.load(Relaxed) as usize == s.depth
