@@ -265,8 +265,12 @@ fn sampled_aligned_blocks_keep_their_alignment() {
         }
         return;
     }
-    let out = run_child_env("sampled_aligned_blocks_keep_their_alignment", "aligned", &EVERY);
+    let dir = tmpdir("aligned");
+    let prefix = dir.join("exit");
+    let env = [EVERY[0], EVERY[1], ("TIDEMALLOC_PROF_PREFIX", prefix.to_str().unwrap())];
+    let out = run_child_env("sampled_aligned_blocks_keep_their_alignment", "aligned", &env);
     assert!(out.status.success(), "{}", describe(&out));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A thread that makes only large allocations is sampled too (it had no heap, so no clock).
@@ -320,5 +324,9 @@ fn freeing_a_sampled_blocks_header_aborts() {
         unsafe { tidemalloc::free(q) };
         return;
     }
-    common::expect_abort("freeing_a_sampled_blocks_header_aborts", "invalid pointer", &EVERY);
+    let dir = tmpdir("header");
+    let prefix = dir.join("exit");
+    let env = [EVERY[0], EVERY[1], ("TIDEMALLOC_PROF_PREFIX", prefix.to_str().unwrap())];
+    common::expect_abort("freeing_a_sampled_blocks_header_aborts", "invalid pointer", &env);
+    let _ = std::fs::remove_dir_all(&dir);
 }

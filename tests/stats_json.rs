@@ -10,7 +10,6 @@
 
 use serde_json::Value;
 use std::path::Path;
-use std::sync::Mutex;
 use tidemalloc::{Stats, free, malloc, stats};
 
 #[global_allocator]
@@ -22,12 +21,6 @@ use common::{describe, is_child, rss, run_child_env};
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
 const SEGMENT: usize = 4 * MIB;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// `stats_json` parsed.
 fn json() -> Value {
@@ -72,9 +65,27 @@ fn check_sums(s: &Stats) {
     assert!(s.reserved_arena_peak >= arena && s.peak_in_use >= s.in_use);
 }
 
+/// The figures checked in this process's own heap run in a child process, one after the
+/// other on one thread: in the test binary, other tests' threads (finishing, exiting,
+/// spawning children) allocate and free meanwhile, and exact page and mapping counts would
+/// see their half-done changes.
 #[test]
+fn figures_in_a_process_of_their_own() {
+    const NAME: &str = "figures_in_a_process_of_their_own";
+    if is_child(NAME) {
+        json_names_every_field();
+        small_blocks_fill_pages_and_free_pages_stay_until_trimmed();
+        a_freed_large_block_is_in_the_cache_at_its_mapping_size();
+        a_huge_block_is_counted_as_one();
+        dirty_figures_follow_rss();
+        malloc_info_xml_carries_the_figures();
+        return;
+    }
+    let out = run_child_env(NAME, NAME, &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
 fn json_names_every_field() {
-    let _serial = serial();
     let v = json();
     let s = stats();
     let obj = v.as_object().expect("an object");
@@ -92,9 +103,7 @@ fn json_names_every_field() {
     check_sums(&s);
 }
 
-#[test]
 fn small_blocks_fill_pages_and_free_pages_stay_until_trimmed() {
-    let _serial = serial();
     const N: usize = 10_000;
     let mut blocks: Vec<*mut u8> = Vec::with_capacity(N);
     tidemalloc::trim(0);
@@ -146,9 +155,7 @@ fn small_blocks_fill_pages_and_free_pages_stay_until_trimmed() {
     assert_eq!(s3.free_spans_dirty, 0, "trim purges every free span");
 }
 
-#[test]
 fn a_freed_large_block_is_in_the_cache_at_its_mapping_size() {
-    let _serial = serial();
     // Fixed, so that freeing the block does not raise it (the dynamic threshold).
     let threshold = tidemalloc::get_mmap_threshold();
     assert!(tidemalloc::set_mmap_threshold(128 * KIB));
@@ -178,9 +185,7 @@ fn a_freed_large_block_is_in_the_cache_at_its_mapping_size() {
     tidemalloc::set_mmap_threshold(threshold);
 }
 
-#[test]
 fn a_huge_block_is_counted_as_one() {
-    let _serial = serial();
     let threshold = tidemalloc::get_mmap_threshold();
     // Below the threshold and above the largest class: a huge block of one segment.
     assert!(tidemalloc::set_mmap_threshold(8 * MIB));
@@ -202,9 +207,7 @@ fn a_huge_block_is_counted_as_one() {
 
 /// The dirty figures are resident memory: 64 MiB of freed blocks keep RSS up while they say
 /// so, and trim takes both down together.
-#[test]
 fn dirty_figures_follow_rss() {
-    let _serial = serial();
     let dirty = |s: &Stats| (s.free_pages_dirty + s.free_spans_dirty) as isize;
     let blocks: Vec<usize> = (0..64 * MIB / 4000).map(|_| malloc(4000) as usize).collect();
     for &p in &blocks {
@@ -228,9 +231,7 @@ fn dirty_figures_follow_rss() {
     );
 }
 
-#[test]
 fn malloc_info_xml_carries_the_figures() {
-    let _serial = serial();
     let mut xml = String::with_capacity(tidemalloc::STATS_TEXT_MAX);
     tidemalloc::format_info_xml(&mut xml);
     let s = stats();

@@ -731,8 +731,14 @@ fn fault_signal_is_refused_for_dumps() {
         return;
     }
     let bin = compile("leaks.c", Via::Preload);
+    let prefix = build_dir().join("fault-signal");
     for sig in ["SEGV", "11", "BUS"] {
-        let r = exec_env(&bin, &[], &[("TIDEMALLOC_PROF", "1"), ("TIDEMALLOC_PROF_SIGNAL", sig)], 60);
+        let env = [
+            ("TIDEMALLOC_PROF", "1"),
+            ("TIDEMALLOC_PROF_SIGNAL", sig),
+            ("TIDEMALLOC_PROF_PREFIX", prefix.to_str().unwrap()),
+        ];
+        let r = exec_env(&bin, &[], &env, 60);
         assert!(r.success(), "{}", r.tail(10));
         assert!(r.stderr.contains(&format!("ignoring TIDEMALLOC_PROF_SIGNAL={sig}")), "{sig}: {}", r.tail(10));
     }
