@@ -181,13 +181,12 @@ fn sample_small(heap: &heap::Heap, page: &page::Page, b: *mut Block, size: usize
 
 /// Bytes before a sampled small block's user pointer: its sample (tag, size).
 const SAMPLE_HEADER: usize = 16;
-/// Largest sampled block served by the sample heap: the blocks of its 64 and 512 KiB pages.
-/// Bigger samples get their own mapping, of their size and unmapped at their free: in the
-/// sample heap each of those classes would hold a 4 MiB page, resident as far as its freed
-/// samples wait to be collected (python3's peak RSS grew 5% that way). Smaller ones stay
-/// there: a mapping per sample made `server` (blocks up to 32 KiB, freed by another
-/// thread) 70% slower.
-const SAMPLE_HEAP_MAX: usize = 64 << 10;
+/// Largest sampled block served by the sample heap (the blocks of its pages); bigger ones
+/// (huge, large) keep their sample in their own headers. A mapping per sample for the
+/// bigger classes was tried, to spare the sample heap their 4 MiB pages: it cost `server`
+/// 22%, `realloc_strings` 19% and `large_churn` 18% (page faults on fresh mappings) for no
+/// gain on the peak-RSS geomean.
+const SAMPLE_HEAP_MAX: usize = MAX_CLASS_SIZE;
 
 /// A sampled small block: from the sample heap, whose blocks all are samples (so a free
 /// recognises one by its segment), with the sample in the 16 bytes before the pointer.
@@ -210,15 +209,16 @@ fn sampled_small_block(size: usize, zero: bool, charged: usize) -> Option<*mut u
         prof::missed();
         return None;
     }
-    let s = prof::record(size, charged, 0);
+    let s = prof::record(size, charged);
     // SAFETY: `b` is a fresh block of at least `need` bytes that only we know.
     unsafe { b.cast::<[usize; 2]>().write([s.tag, s.size]) };
     // SAFETY: as above.
     Some(unsafe { b.add(SAMPLE_HEADER) })
 }
 
-/// A large block of `size` bytes recorded as a sample (`charged` bytes on the clock), for
-/// aligned requests. None if no mapping could be made.
+/// A large block (its own mapping) of `size` bytes recorded as a sample (`charged` bytes on
+/// the clock): for aligned requests, and for samples too big for the sample heap. None if no
+/// mapping could be made.
 #[inline(never)]
 fn sampled_block(size: usize, align: usize, zero: bool, charged: usize) -> Option<*mut u8> {
     let q = if large::may_map() { large::alloc(size.max(1), align, zero) } else { ptr::null_mut() };
@@ -226,7 +226,7 @@ fn sampled_block(size: usize, align: usize, zero: bool, charged: usize) -> Optio
         prof::missed();
         return None;
     }
-    let s = prof::record(size, charged, 0);
+    let s = prof::record(size, charged);
     // SAFETY: `q` is a live large block only this thread knows.
     unsafe { large::set_tag(q, (s.tag, s.size)) };
     Some(q)
@@ -238,7 +238,7 @@ fn sample_huge(b: *mut u8, size: usize) -> *mut u8 {
         && let Some(h) = cold_sample_due(size)
     {
         if let Some(seg) = segment::lookup(b) {
-            let s = prof::record(size, size, 0);
+            let s = prof::record(size, size);
             seg.sample[0].store(s.tag, Ordering::Relaxed);
             seg.sample[1].store(s.size, Ordering::Relaxed);
         }
@@ -269,7 +269,7 @@ fn sample_large(p: *mut u8, size: usize) -> *mut u8 {
     if !p.is_null()
         && let Some(h) = cold_sample_due(size)
     {
-        let s = prof::record(size, size, 0);
+        let s = prof::record(size, size);
         // SAFETY: `p` is a live large block only this thread knows.
         unsafe { large::set_tag(p, (s.tag, s.size)) };
         h.restart_sample_clock();

@@ -166,12 +166,12 @@ impl Sample {
     }
 }
 
-/// Records a sampled allocation of `size` bytes (`charged` on the sampling clock) made by the
-/// caller's caller, and returns its sample for the block's header. `skip`: frames of
-/// tidemalloc between this function and the program (beyond the caller).
+/// Records a sampled allocation of `size` bytes (`charged` on the sampling clock) and returns
+/// its sample for the block's header. The stack starts at the program's call (the
+/// allocator's frames are dropped).
 #[inline(never)]
-pub fn record(size: usize, charged: usize, skip: usize) -> Sample {
-    let mut s = stack::capture(skip + 1);
+pub fn record(size: usize, charged: usize) -> Sample {
+    let mut s = stack::capture(1);
     stack::strip_allocator_frames(&mut s);
     let id = table::intern(&s);
     let sample = Sample::new(id, probability(charged) as f32, size);

@@ -11,7 +11,7 @@
 
 use super::gzip;
 use super::proto::Writer;
-use super::scratch::{Scratch, read_maps};
+use super::scratch::{Indexed, Map, Scratch, file_maps, map_of, read_maps};
 use super::stack::MAX_DEPTH;
 use super::symbols;
 use super::table::{self, OBJ_ONE};
@@ -103,23 +103,12 @@ pub fn dump(path: Option<&CStr>) -> bool {
     ok
 }
 
-/// An executable mapping of the process.
-#[derive(Clone, Copy, Default)]
-struct Map {
-    start: usize,
-    end: usize,
-    offset: u64,
-    /// Where its path lies in the maps text.
-    path_at: usize,
-    path_len: usize,
-}
-
 fn write_profile(path: &CStr) -> bool {
     let Some((mut maps_buf, maps_len)) = read_maps() else { return false };
     let nmaps_max = maps_buf.bytes()[..maps_len].iter().filter(|&&c| c == b'\n').count() + 1;
     let Some(mut maps_scratch) = Scratch::new(nmaps_max * size_of::<Map>()) else { return false };
     let text: &[u8] = &maps_buf.bytes()[..maps_len];
-    let maps = collect_maps(text, maps_scratch.slice_of::<Map>());
+    let maps = file_maps(text, maps_scratch.slice_of::<Map>(), true);
 
     let nb = table::count();
     // Locations: one per distinct address, found through an open-addressing set with room
@@ -238,24 +227,6 @@ impl Functions<'_> {
     }
 }
 
-/// The executable, file-backed mappings of `text`, in address order.
-fn collect_maps<'a>(text: &[u8], out: &'a mut [Map]) -> &'a [Map] {
-    let mut n = 0;
-    let mut at = 0;
-    for line in text.split(|&c| c == b'\n') {
-        let line_at = at;
-        at += line.len() + 1;
-        let Some(e) = symbols::parse_maps_line(line) else { continue };
-        if e.perms[2] != b'x' || e.file_path().first() != Some(&b'/') || n == out.len() {
-            continue;
-        }
-        let path_at = line_at + (e.path.as_ptr() as usize - line.as_ptr() as usize);
-        out[n] = Map { start: e.start, end: e.end, offset: e.offset, path_at, path_len: e.file_path().len() };
-        n += 1;
-    }
-    &out[..n]
-}
-
 fn write_header(w: &mut Writer) {
     for (ty, unit) in SAMPLE_TYPES {
         let m = w.begin(1);
@@ -341,50 +312,30 @@ fn write_locations(w: &mut Writer, locs: &[usize], maps: &[Map], text: &[u8], fn
     }
     let order = &mut order[..n];
     order.sort_unstable();
-    let mut open: Option<(usize, symbols::Elf, Scratch, usize)> = None;
+    let mut open: Option<(usize, Indexed)> = None;
     for &(addr, id) in order.iter() {
         let e = w.begin(4);
         w.uint64(1, id as u64);
-        let m = maps.partition_point(|m| m.end <= addr);
-        if m < maps.len() && maps[m].start <= addr {
+        if let Some((m, map)) = map_of(maps, addr) {
             w.uint64(2, m as u64 + 1);
             if open.as_ref().is_none_or(|o| o.0 != m) {
                 drop(open.take()); // unmaps the previous file and its index first
-                open = open_indexed(&text[maps[m].path_at..maps[m].path_at + maps[m].path_len])
-                    .map(|(e, s, n)| (m, e, s, n));
+                open = Indexed::open(map.path(text)).map(|f| (m, f));
                 done[m] = open.is_some();
             }
-            if let Some((_, elf, index, count)) = open.as_mut() {
-                let file_off = (addr - maps[m].start) as u64 + maps[m].offset;
-                let index = &index.slice_of::<symbols::IndexedSym>()[..*count];
-                if let Some(vaddr) = elf.file_offset_to_vaddr(file_off)
-                    && let Some((raw, off)) = elf.lookup_indexed(index, vaddr)
-                    && let Some(fid) = fns.intern(m, file_off - off, raw)
-                {
-                    let line = w.begin(4);
-                    w.uint64(1, fid);
-                    w.end(line);
-                }
+            let file_off = map.file_offset(addr);
+            if let Some((_, file)) = &open
+                && let Some((raw, off)) = file.lookup(file_off)
+                && let Some(fid) = fns.intern(m, file_off - off, raw)
+            {
+                let line = w.begin(4);
+                w.uint64(1, fid);
+                w.end(line);
             }
         }
         w.uint64(3, addr as u64);
         w.end(e);
     }
-}
-
-/// The file at `path` with a sorted index of its functions (and the index's length).
-fn open_indexed(path: &[u8]) -> Option<(symbols::Elf, Scratch, usize)> {
-    let elf = open_elf(path)?;
-    let mut index = Scratch::new(elf.index_bound().max(1) * size_of::<symbols::IndexedSym>())?;
-    let n = elf.index_functions(index.slice_of());
-    Some((elf, index, n))
-}
-
-fn open_elf(path: &[u8]) -> Option<symbols::Elf> {
-    let mut c = StackBuf::<4100>::new();
-    let _ = c.write_str(core::str::from_utf8(path).ok()?);
-    let _ = c.write_str("\0");
-    symbols::Elf::open(CStr::from_bytes_with_nul(c.as_bytes()).ok()?)
 }
 
 fn write_functions(w: &mut Writer, fns: &Functions, nmaps: usize) {
@@ -403,7 +354,7 @@ fn write_strings(w: &mut Writer, maps: &[Map], text: &[u8], fns: &Functions) {
         w.bytes(6, s.as_bytes());
     }
     for m in maps {
-        w.bytes(6, &text[m.path_at..m.path_at + m.path_len]);
+        w.bytes(6, m.path(text));
     }
     for f in &fns.funcs[..fns.n] {
         w.bytes(6, fns.name(f));

@@ -4,11 +4,10 @@
 //! The unwinder finds the tables through `dl_iterate_phdr` and keeps its own static cache;
 //! it does not call malloc for objects the dynamic loader knows.
 
-use super::scratch::{Scratch, read_maps};
+use super::scratch::{Indexed, Scratch, read_maps};
 use super::symbols;
 use crate::msg::StackBuf;
-use core::ffi::{CStr, c_int, c_void};
-use core::fmt::Write as _;
+use core::ffi::{c_int, c_void};
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering::*};
 
@@ -79,9 +78,7 @@ struct Ours {
     offset: u64,
     own_object: bool,
     /// The program's file and its function index (linked-in case); never freed.
-    elf: Option<symbols::Elf>,
-    index: *const symbols::IndexedSym,
-    index_len: usize,
+    file: Option<Indexed>,
 }
 
 /// 0: not looked up yet, 1: being looked up, 2: `OURS` is set, 3: the lookup failed.
@@ -112,31 +109,14 @@ fn find_ours() -> *mut Ours {
     let phdr = unsafe { libc::getauxval(libc::AT_PHDR) } as usize;
     let program = symbols::find_mapping(text, phdr);
     let own_object = program.as_ref().map(|p| p.file_path()) != Some(e.file_path());
-    let (elf, index, index_len) = if own_object { (None, ptr::null(), 0) } else { index_file(e.file_path()) };
+    let file = if own_object { None } else { Indexed::open(e.file_path()) };
     let Some(mut mem) = Scratch::new(size_of::<Ours>()) else { return ptr::null_mut() };
-    let o = Ours { start: e.start, end: e.end, offset: e.offset, own_object, elf, index, index_len };
+    let o = Ours { start: e.start, end: e.end, offset: e.offset, own_object, file };
     let p = mem.slice_of::<u8>().as_mut_ptr().cast::<Ours>();
     // SAFETY: the mapping is page aligned, large enough, and kept for ever (forgotten below).
     unsafe { p.write(o) };
     core::mem::forget(mem);
     p
-}
-
-/// Opens `path` and indexes its functions, for good (the mappings are never unmapped).
-fn index_file(path: &[u8]) -> (Option<symbols::Elf>, *const symbols::IndexedSym, usize) {
-    let mut c = StackBuf::<4100>::new();
-    let _ = c.write_str(core::str::from_utf8(path).unwrap_or(""));
-    let _ = c.write_str("\0");
-    let Some(elf) = CStr::from_bytes_with_nul(c.as_bytes()).ok().and_then(symbols::Elf::open) else {
-        return (None, ptr::null(), 0);
-    };
-    let Some(mut mem) = Scratch::new(elf.index_bound().max(1) * size_of::<symbols::IndexedSym>()) else {
-        return (Some(elf), ptr::null(), 0);
-    };
-    let n = elf.index_functions(mem.slice_of());
-    let p = mem.slice_of::<symbols::IndexedSym>().as_ptr();
-    core::mem::forget(mem);
-    (Some(elf), p, n)
 }
 
 impl Ours {
@@ -149,16 +129,8 @@ impl Ours {
         if self.own_object {
             return true;
         }
-        let Some(elf) = &self.elf else { return false };
-        if self.index.is_null() {
-            return false;
-        }
-        // SAFETY: the index was filled with `index_len` entries and is never freed.
-        let index = unsafe { core::slice::from_raw_parts(self.index, self.index_len) };
-        let file_off = (ip - self.start) as u64 + self.offset;
-        let Some((raw, _)) = elf.file_offset_to_vaddr(file_off).and_then(|v| elf.lookup_indexed(index, v)) else {
-            return false;
-        };
+        let Some(file) = &self.file else { return false };
+        let Some((raw, _)) = file.lookup((ip - self.start) as u64 + self.offset) else { return false };
         let mut name = StackBuf::<512>::new();
         let _ = symbols::demangle(raw, &mut name);
         core::str::from_utf8(name.as_bytes()).is_ok_and(super::is_allocator_frame)
