@@ -59,15 +59,17 @@ pub fn lib() -> &'static Lib {
     })
 }
 
-/// Whether `tool --version` runs.
+/// Whether `tool --version` (or, for tools such as `go`, `tool version`) runs.
 pub fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    ["--version", "version"].iter().any(|arg| {
+        Command::new(tool)
+            .arg(arg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
 }
 
 /// True if the test may go on: `tool` is installed. Otherwise prints a SKIP line and returns
