@@ -204,6 +204,30 @@ fn off_by_default() {
 
 const EVERY: [(&str, &str); 2] = [("TIDEMALLOC_PROF", "1"), ("TIDEMALLOC_PROF_RATE", "1")];
 
+/// Runs test `name`'s child (`key`) with every allocation sampled, its profile going to
+/// `PROF_OUT` in a fresh directory (its exit-time profile too); returns the directory and
+/// the profile's path.
+fn run_every_allocation_child(name: &str, key: &str) -> (PathBuf, PathBuf) {
+    let dir = tmpdir(key);
+    let path = dir.join("p.pb.gz");
+    let prefix = dir.join("exit");
+    let env = [
+        EVERY[0],
+        EVERY[1],
+        ("PROF_OUT", path.to_str().unwrap()),
+        ("TIDEMALLOC_PROF_PREFIX", prefix.to_str().unwrap()),
+    ];
+    let out = run_child_env(name, key, &env);
+    assert!(out.status.success(), "{}", describe(&out));
+    (dir, path)
+}
+
+/// In a child: writes the profile to the path `PROF_OUT` names.
+fn dump_to_prof_out() {
+    let path = std::ffi::CString::new(std::env::var("PROF_OUT").unwrap()).unwrap();
+    assert!(tidemalloc::prof_dump(Some(&path)), "dump failed: errno {}", tidemalloc::errno());
+}
+
 /// malloc(0), sampled, is a block of its own: its pointer once lay at the next block's
 /// start, so writing its usable bytes overwrote the next sample's header and freeing it
 /// freed the neighbour.
@@ -227,21 +251,10 @@ fn sampled_zero_size_blocks_are_distinct() {
             unsafe { tidemalloc::free(p) };
         }
         tidemalloc::check_invariants();
-        let path = std::ffi::CString::new(std::env::var("PROF_OUT").unwrap()).unwrap();
-        assert!(tidemalloc::prof_dump(Some(&path)));
+        dump_to_prof_out();
         return;
     }
-    let dir = tmpdir("zero");
-    let path = dir.join("p.pb.gz");
-    let prefix = dir.join("exit");
-    let env = [
-        EVERY[0],
-        EVERY[1],
-        ("PROF_OUT", path.to_str().unwrap()),
-        ("TIDEMALLOC_PROF_PREFIX", prefix.to_str().unwrap()),
-    ];
-    let out = run_child_env("sampled_zero_size_blocks_are_distinct", "zero", &env);
-    assert!(out.status.success(), "{}", describe(&out));
+    let (dir, path) = run_every_allocation_child("sampled_zero_size_blocks_are_distinct", "zero");
     let v = site_values(&decode_file(&path), "zero_size_blocks", &std::env::current_exe().unwrap());
     // 2000 blocks and the vector that holds them.
     assert_eq!((v.alloc_objects, v.inuse_objects), (2001, 0), "every block recorded, every free seen");
@@ -287,25 +300,14 @@ fn large_only_thread() -> [usize; 50] {
 fn a_thread_of_large_blocks_only_is_sampled() {
     if is_child("large-only") {
         let blocks = std::thread::spawn(large_only_thread).join().unwrap();
-        let path = std::ffi::CString::new(std::env::var("PROF_OUT").unwrap()).unwrap();
-        assert!(tidemalloc::prof_dump(Some(&path)));
+        dump_to_prof_out();
         for p in blocks {
             // SAFETY: live blocks from this allocator.
             unsafe { tidemalloc::free(p as *mut u8) };
         }
         return;
     }
-    let dir = tmpdir("large-only");
-    let path = dir.join("p.pb.gz");
-    let prefix = dir.join("exit");
-    let env = [
-        EVERY[0],
-        EVERY[1],
-        ("PROF_OUT", path.to_str().unwrap()),
-        ("TIDEMALLOC_PROF_PREFIX", prefix.to_str().unwrap()),
-    ];
-    let out = run_child_env("a_thread_of_large_blocks_only_is_sampled", "large-only", &env);
-    assert!(out.status.success(), "{}", describe(&out));
+    let (dir, path) = run_every_allocation_child("a_thread_of_large_blocks_only_is_sampled", "large-only");
     let p = decode_file(&path);
     let v = site_values(&p, "large_only_thread", &std::env::current_exe().unwrap());
     assert_eq!((v.inuse_objects, v.inuse_space), (50, 50 * MB as i64), "rate 1 is exact");
