@@ -32,7 +32,7 @@ use crate::size_class::{NCLASSES, class_size};
 use crate::stats::{self, LocalInUse};
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Pages of a size-class queue the slow path examines before taking a fresh page.
 const SEARCH_LIMIT: usize = 8;
@@ -77,6 +77,14 @@ pub struct Heap {
     next_all: AtomicPtr<Heap>,
     /// Next heap in the pool of recycled heaps.
     next_free: Cell<*mut Heap>,
+    /// Slow paths the owner has taken (only the owner writes it): a collector that finds it
+    /// unchanged since its last look knows the heap took none in between.
+    slow_paths: AtomicU32,
+    /// The owner's kernel thread id, 0 while no thread owns the heap (pooled, locked heaps),
+    /// and its process id: how a collector tells a thread that ended without its exit handler
+    /// (see `reap_if_gone`).
+    kernel_tid: AtomicI32,
+    pid: AtomicI32,
 }
 
 /// The segments a heap owns. The owner changes them on slow paths and `trim` releases their
@@ -93,6 +101,8 @@ pub struct HeapSegs {
     /// next release waits a purge delay after it, so locked memory is not retried on every
     /// free.
     release_failed_at: u64,
+    /// `Heap::slow_paths` when a collector last looked (see `scan_heaps`).
+    seen_slow_paths: u32,
 }
 
 // SAFETY: the segments are only touched under the lock that owns the struct.
@@ -103,6 +113,12 @@ unsafe impl Send for HeapSegs {}
 struct HeapBox {
     heap: Heap,
     segs: Lock<HeapSegs>,
+}
+
+/// The heap that owns `seg` (null if none).
+#[inline(always)]
+pub fn owner_of(seg: &Segment) -> *mut Heap {
+    seg.heap.get().cast()
 }
 
 /// This thread's heap (the word in `tls`): null before its first allocation, `DEAD` after
@@ -131,6 +147,10 @@ pub fn current() -> Option<&'static Heap> {
 struct Meta {
     /// Recycled heaps.
     pool: *mut Heap,
+    /// The heaps handed out last (a ring): where a thread that ended without its exit
+    /// handler is looked for first when the pool is empty.
+    recent: [*mut Heap; RECENT],
+    recent_next: usize,
     /// Unused room in the current chunk of heap memory.
     chunk: *mut u8,
     chunk_left: usize,
@@ -138,7 +158,17 @@ struct Meta {
 // SAFETY: the raw pointers are only used under the lock that owns the struct.
 unsafe impl Send for Meta {}
 
-static META: Lock<Meta> = Lock::new(Meta { pool: ptr::null_mut(), chunk: ptr::null_mut(), chunk_left: 0 });
+static META: Lock<Meta> = Lock::new(Meta {
+    pool: ptr::null_mut(),
+    recent: [ptr::null_mut(); RECENT],
+    recent_next: 0,
+    chunk: ptr::null_mut(),
+    chunk_left: 0,
+});
+/// Heaps that a thread owns (`kernel_tid` set).
+static OWNED_HEAPS: AtomicUsize = AtomicUsize::new(0);
+/// Heaps in `Meta::recent`.
+const RECENT: usize = 16;
 static ALL_HEAPS: AtomicPtr<Heap> = AtomicPtr::new(ptr::null_mut());
 
 struct Abandoned(SegQueue);
@@ -220,6 +250,13 @@ pub fn current_or_create() -> Option<&'static Heap> {
     ensure_init();
     let heap = META.lock().new_heap()?;
     heap.thread_id.set(os::thread_id());
+    heap.set_owner(os::kernel_tid(), os::getpid());
+    // Its thread may end without the exit handler (see `Meta::reap_if_gone`): with another
+    // thread's heap alive, a scan will look (a lone thread needs none, and its slow paths
+    // skip the clock while no timer is pending).
+    if OWNED_HEAPS.fetch_add(1, Ordering::Relaxed) > 0 {
+        schedule_scan();
+    }
     heap.restart_sample_clock();
     set_thread_heap(heap as *const Heap as *mut Heap);
     // SAFETY: the key was created in ensure_init; glibc stores values of low keys without
@@ -283,6 +320,9 @@ fn locked_heap<R>(mut b: spin::mutex::SpinMutexGuard<'_, Backup>, tid: usize, f:
 impl Meta {
     /// A clean heap from the pool or from a new chunk of memory from `os`.
     fn new_heap(&mut self) -> Option<&'static Heap> {
+        if self.pool.is_null() {
+            self.reap_recent();
+        }
         let h = if !self.pool.is_null() {
             let h = self.pool;
             // SAFETY: pooled heaps are valid, unused heaps.
@@ -311,6 +351,7 @@ impl Meta {
                     empty: [0; PAGED_KINDS],
                     dirty_pages: 0,
                     release_failed_at: 0,
+                    seen_slow_paths: 0,
                 }));
                 (*b).heap.segs = ptr::addr_of!((*b).segs);
                 ptr::addr_of_mut!((*b).heap)
@@ -331,6 +372,9 @@ impl Meta {
         let heap = unsafe { &*h };
         heap.clear_bins();
         heap.pages_purge_at.set(0);
+        heap.slow_paths.store(0, Ordering::Relaxed);
+        self.recent[self.recent_next % RECENT] = h;
+        self.recent_next += 1;
         heap.in_use.set_sample_distance(stats::NO_SAMPLE);
         heap.rng.set(h as u64 ^ os::now_ms().rotate_left(32));
         Some(heap)
@@ -341,12 +385,52 @@ impl Meta {
 extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
     let heap = arg.cast::<Heap>();
     set_thread_heap(DEAD);
-    // SAFETY: the key's value is this thread's heap; nothing else uses it any more.
-    unsafe { (*heap).abandon() };
     let mut m = META.lock();
-    // SAFETY: the heap is empty and unreachable; the pool takes it.
-    unsafe { (*heap).next_free.set(m.pool) };
-    m.pool = heap;
+    // SAFETY: the key's value is this thread's heap; nothing else uses it any more.
+    unsafe { m.retire(&*heap) };
+}
+
+impl Meta {
+    /// Abandons the heap of a thread that is gone (or going) and pools it.
+    ///
+    /// # Safety
+    /// No thread uses `heap` any more, nor will.
+    unsafe fn retire(&mut self, heap: &Heap) {
+        heap.set_owner(0, 0);
+        heap.abandon();
+        heap.next_free.set(self.pool);
+        self.pool = heap as *const Heap as *mut Heap;
+    }
+
+    /// Retires `h` if its thread ended without its exit handler: its first allocation came
+    /// in the last round of thread-specific destructors, after ours had been called (or
+    /// passed over), so nothing else would ever give its memory back. True if it did.
+    fn reap_if_gone(&mut self, h: *mut Heap) -> bool {
+        // SAFETY: heaps are never freed.
+        let heap = unsafe { &*h };
+        let (tid, pid) = (heap.kernel_tid.load(Ordering::Relaxed), heap.pid.load(Ordering::Relaxed));
+        // A heap of another process (a child forked without the fork handlers, where the
+        // parent's thread ids mean nothing) is left alone.
+        if tid == 0 || pid != os::getpid() || !os::thread_gone(pid, tid) {
+            return false;
+        }
+        // SAFETY: its thread is gone (the kernel knows no such thread), and the meta lock
+        // we hold keeps it from being pooled or handed out meanwhile.
+        unsafe { self.retire(heap) };
+        true
+    }
+
+    /// With the pool empty: retires the recently handed-out heaps whose threads are gone
+    /// (bounds the memory of threads that keep ending without their exit handler).
+    fn reap_recent(&mut self) {
+        let me = current().map_or(ptr::null_mut(), |h| h as *const Heap as *mut Heap);
+        for i in 0..RECENT {
+            let h = self.recent[i];
+            if !h.is_null() && h != me && self.reap_if_gone(h) {
+                self.recent[i] = ptr::null_mut();
+            }
+        }
+    }
 }
 
 // ---- fork ----
@@ -431,6 +515,9 @@ extern "C" fn fork_child() {
     // handler returns (then the child has the heap in whatever state the interrupted code
     // left it, as with glibc), and releasing a free lock is a no-op.
     unsafe { release_fork_locks() };
+    if let Some(h) = current() {
+        h.set_owner(os::kernel_tid(), os::getpid()); // the child's ids
+    }
     if let Some(mask) = held {
         abandon_other_heaps();
         crate::prof::after_fork_child();
@@ -450,9 +537,13 @@ fn abandon_other_heaps() {
     for_each_heap(|h| {
         // SAFETY: in the child no other thread exists, so heaps other than ours are unused.
         let heap = unsafe { &*h };
-        if h != me && !is_locked_heap(heap.thread_id.get()) {
+        if h != me && heap.kernel_tid.load(Ordering::Relaxed) != 0 {
             heap.clear_bins();
             heap.segs().lock().abandon_all();
+            heap.set_owner(0, 0);
+            let mut m = META.lock();
+            heap.next_free.set(m.pool);
+            m.pool = h;
         }
     });
 }
@@ -484,6 +575,15 @@ impl Heap {
         unsafe { &*self.segs }
     }
 
+    /// Records the thread that owns the heap (0, 0 for none).
+    fn set_owner(&self, kernel_tid: i32, pid: i32) {
+        if kernel_tid == 0 && self.kernel_tid.load(Ordering::Relaxed) != 0 {
+            OWNED_HEAPS.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.kernel_tid.store(kernel_tid, Ordering::Relaxed);
+        self.pid.store(pid, Ordering::Relaxed);
+    }
+
     /// Forgets every page queue (their pages are accounted for elsewhere).
     fn clear_bins(&self) {
         for q in &self.bins {
@@ -496,18 +596,20 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub fn alloc_slow(&self, class: usize, zero: bool, sampled: impl FnOnce(&Page, *mut Block) -> *mut u8) -> *mut u8 {
+        self.slow_paths.store(self.slow_paths.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
         self.in_use.flush();
-        self.purge_pages_if_due();
-        arena::purge_if_due();
-        purge_abandoned_if_due();
-        crate::large::purge_if_due();
-        let Some(page) = self.find_page(class) else { return ptr::null_mut() };
-        self.pop_from(page, zero, sampled)
+        purge_if_due(Some(self));
+        // Under the segment lock: a collector of remote frees (`scan_heaps`) relies on `free`
+        // becoming non-empty only there.
+        let page = self.find_page(&mut self.segs().lock(), class);
+        let Some(page) = page else { return ptr::null_mut() };
+        // SAFETY: `find_page` returns a page of ours whose `free` has a block.
+        unsafe { self.pop_from(page, page.free_head(), zero, sampled) }
     }
 
     /// Releases the free pages of our partly used segments once they have been free for the
     /// purge delay, so RSS follows the live set.
-    fn purge_pages_if_due(&self) {
+    pub fn purge_pages_if_due(&self) {
         let at = self.pages_purge_at.get();
         if at != 0 && os::now_ms() >= at {
             self.pages_purge_at.set(0);
@@ -543,15 +645,25 @@ impl Heap {
         self.in_use.charge(n)
     }
 
-    /// Pops a block from `page` (which has one) and zeroes it if asked. If the block reaches
-    /// the sampling clock's next point, returns what `sampled` makes of the block instead
-    /// (not zeroed).
+    /// Pops `b`, the first block of `page`'s `free`, and zeroes it if asked. If the block
+    /// reaches the sampling clock's next point, returns what `sampled` makes of the block
+    /// instead (not zeroed).
+    ///
+    /// # Safety
+    /// `page` is ours and `b` is its `free_head()`, not null.
     #[inline(always)]
-    pub fn pop_from(&self, page: &Page, zero: bool, sampled: impl FnOnce(&Page, *mut Block) -> *mut u8) -> *mut u8 {
+    pub unsafe fn pop_from(
+        &self,
+        page: &Page,
+        b: *mut Block,
+        zero: bool,
+        sampled: impl FnOnce(&Page, *mut Block) -> *mut u8,
+    ) -> *mut u8 {
+        debug_assert!(!b.is_null());
         // Read before the pop: the flag speaks of the blocks on `free`.
         let is_zero = zero && page.free_is_zero();
-        let b = page.pop();
-        debug_assert!(!b.is_null());
+        // SAFETY: per the contract.
+        unsafe { page.pop_head(b) };
         if self.in_use.alloc(page.block_size()) {
             return sampled(page, b);
         }
@@ -570,7 +682,7 @@ impl Heap {
     }
 
     /// A page of `class` with a free block, moved to the front of its queue.
-    fn find_page(&self, class: usize) -> Option<&'static Page> {
+    fn find_page(&self, segs: &mut HeapSegs, class: usize) -> Option<&'static Page> {
         let queue = &self.bins[class];
         let mut p = queue.first();
         for _ in 0..SEARCH_LIMIT {
@@ -587,27 +699,25 @@ impl Heap {
             queue.move_back(page);
             p = next;
         }
-        let page = self.fresh_page(class)?;
+        let page = self.fresh_page(segs, class)?;
         page.extend();
         Some(page)
     }
 
     /// Takes a free page for `class` and puts it at the front of the class queue.
-    fn fresh_page(&self, class: usize) -> Option<&'static Page> {
+    fn fresh_page(&self, segs: &mut HeapSegs, class: usize) -> Option<&'static Page> {
         let bs = class_size(class);
         let kind = Kind::for_block(bs);
-        let mut segs = self.segs().lock();
         let seg = match segs.with_free_page(kind) {
             Some(seg) => seg,
             // Locked heaps adopt nothing: abandoned segments are for live threads, which
             // collect and give back their memory on their own slow paths.
-            None => match if is_locked_heap(self.thread_id.get()) { None } else { self.reclaim(&mut segs, kind) } {
+            None => match if is_locked_heap(self.thread_id.get()) { None } else { self.reclaim(segs, kind) } {
                 Some(seg) => seg,
                 None => segs.new_segment(kind, self)?,
             },
         };
         let (i, fresh) = segs.take_page(seg)?;
-        drop(segs);
         let (area, len) = seg.page_area(i);
         let page = &seg.pages[i];
         page.init(class as u8, bs, area, len / bs, fresh);
@@ -660,7 +770,7 @@ impl Heap {
         self.in_use.free(page.block_size());
         // An empty page that is its class's only page stays (checked here, not in a call:
         // a single block allocated and freed over and over must stay on the fast path).
-        if page.used.get() == 0 && !PageQueue::is_alone(page) {
+        if page.used() == 0 && !PageQueue::is_alone(page) {
             self.page_emptied(page);
         }
         true
@@ -672,12 +782,17 @@ impl Heap {
     #[inline(never)]
     fn page_emptied(&self, page: &Page) {
         let _errno = os::ErrnoGuard::new();
+        self.give_back_page(&mut self.segs().lock(), page);
+        self.schedule_page_purge();
+    }
+
+    /// Takes `page` (ours, empty) out of its queue and gives it back to its segment.
+    fn give_back_page(&self, segs: &mut HeapSegs, page: &Page) {
         let area = page.area();
         self.bins[page.class()].unlink(page);
         // SAFETY: the page's segment is live and ours.
         let seg = unsafe { &*(segment::segment_base(area) as *const Segment) };
-        self.segs().lock().release_page(seg, seg.page_index(area));
-        self.schedule_page_purge();
+        segs.release_page(seg, seg.page_index(area));
     }
 
     /// Thread exit: collects every page, frees what is empty, abandons the rest.
@@ -691,7 +806,9 @@ impl Heap {
     /// Gives every page of ours with no block in use back to its segment, even the only page
     /// of a size class (which the free path keeps). True if any was given back.
     fn release_empty_pages(&self) -> bool {
+        let _errno = os::ErrnoGuard::new();
         let mut released = false;
+        let mut segs = self.segs().lock();
         for queue in &self.bins {
             let mut p = queue.first();
             while !p.is_null() {
@@ -699,11 +816,15 @@ impl Heap {
                 let page = unsafe { &*p };
                 p = page.next.get();
                 page.collect_thread_free();
-                if page.used.get() == 0 {
-                    self.page_emptied(page);
+                if page.used() == 0 {
+                    self.give_back_page(&mut segs, page);
                     released = true;
                 }
             }
+        }
+        drop(segs);
+        if released {
+            self.schedule_page_purge();
         }
         released
     }
@@ -746,7 +867,7 @@ impl HeapSegs {
 
     /// Makes `seg` belong to `heap` and queues it (front if it has a free page).
     fn adopt(&mut self, seg: &Segment, heap: &Heap) {
-        seg.heap.set(heap as *const Heap as *mut Heap);
+        seg.heap.set((heap as *const Heap as *mut Heap).cast());
         seg.thread_id.store(heap.thread_id.get(), Ordering::Release);
         let q = &self.queues[seg.kind as usize];
         if seg.free_mask.get() != 0 {
@@ -828,6 +949,35 @@ impl HeapSegs {
             }
         }
         freed
+    }
+
+    /// Not the owner: releases the pages of our segments whose blocks other threads freed,
+    /// all of them (see `Page::reset_if_all_freed_remotely`). True if any was.
+    fn reset_remote_freed_pages(&mut self) -> bool {
+        let mut released = false;
+        for q in &self.queues {
+            let mut s = q.first();
+            while !s.is_null() {
+                // SAFETY: segments in our queues are live and ours (we hold their lock).
+                let seg = unsafe { &*s };
+                s = seg.next.get();
+                let mut bits = seg.used_mask();
+                while bits != 0 {
+                    let i = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    let page = &seg.pages[i];
+                    if page.has_thread_free() && page.reset_if_all_freed_remotely() != 0 {
+                        let (area, len) = seg.page_area(i);
+                        // SAFETY: the page has no block any more: none live, none on a list.
+                        if unsafe { os::madvise_free(area, len) } {
+                            page.set_mem_is_zero();
+                        }
+                        released = true;
+                    }
+                }
+            }
+        }
+        released
     }
 
     /// Releases the memory of every free page (madvise) and every empty segment. True if
@@ -979,7 +1129,7 @@ fn collect_abandoned(seg: &Segment) -> u64 {
         let page = &seg.pages[i];
         if page.in_use() {
             page.collect_thread_free();
-            if page.used.get() == 0 {
+            if page.used() == 0 {
                 seg.release_page(i);
             } else {
                 live |= 1 << i;
@@ -1071,18 +1221,127 @@ pub fn trim(pad: usize) -> bool {
     let mut released = false;
     if let Some(h) = current() {
         released |= h.release_empty_pages();
+        released |= h.segs().lock().trim();
     }
-    // Busy heaps are skipped: their owner is at work on them.
-    for_each_heap(|h| {
-        if let Some(mut s) = segs_of(h).try_lock() {
-            released |= s.trim();
-        }
-    });
+    released |= scan_heaps(true).released;
     released |= trim_abandoned();
     released |= trim_backup();
     released |= crate::large::flush_cache();
     released |= arena::trim(pad);
     released
+}
+
+/// Every timed release that is due, from a slow path of `heap` (or from the background
+/// thread, with None). Cheap when none is due.
+pub fn purge_if_due(heap: Option<&Heap>) {
+    if let Some(h) = heap {
+        h.purge_pages_if_due();
+    }
+    arena::purge_if_due();
+    purge_abandoned_if_due();
+    scan_heaps_if_due();
+    crate::large::purge_if_due();
+}
+
+// ---- collecting from other threads' heaps ----
+
+/// When other threads' heaps are next to be scanned (ms), 0 when no scan is pending.
+static SCAN_AT: AtomicU64 = AtomicU64::new(0);
+/// Whether a cross-thread free happened since the last scan began.
+static REMOTE_FREES: AtomicBool = AtomicBool::new(false);
+
+/// A cross-thread free happened: makes sure a scan looks, within the purge delay, for pages
+/// it may have left entirely free in a heap whose owner does not collect them (it may be
+/// idle). One load when a scan is pending already.
+#[inline]
+pub fn note_remote_free() {
+    if !REMOTE_FREES.load(Ordering::Relaxed) {
+        REMOTE_FREES.store(true, Ordering::Relaxed);
+        schedule_scan();
+    }
+}
+
+/// Makes sure other threads' heaps are scanned within the purge delay.
+fn schedule_scan() {
+    let at = os::now_ms() + options::get(Opt::PurgeDelay) as u64;
+    let _ = SCAN_AT.compare_exchange(0, at.max(1), Ordering::Relaxed, Ordering::Relaxed);
+}
+
+/// Scans the other threads' heaps once the purge delay has passed (cheap when not due), and
+/// schedules the next scan while some heap may still hold memory to release.
+fn scan_heaps_if_due() {
+    let at = SCAN_AT.load(Ordering::Relaxed);
+    if at == 0 || os::now_ms() < at {
+        return;
+    }
+    if SCAN_AT.compare_exchange(at, 0, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        return; // another thread took this round
+    }
+    let _errno = os::ErrnoGuard::new();
+    if scan_heaps(false).more {
+        schedule_scan();
+    }
+}
+
+/// What a scan did.
+struct Scan {
+    /// Some memory was released.
+    released: bool,
+    /// Some heap may still hold memory to release (it was busy, or active since the last
+    /// scan).
+    more: bool,
+}
+
+/// Collects from the heaps of other threads what they do not give back while they do not
+/// call in:
+/// - pages whose blocks other threads have all freed (released; the page stays its owner's);
+/// - the free pages of a heap that took no slow path since the last scan (idle, or on fast
+///   paths only: its own purge timer never runs);
+/// - the heap of a thread that ended without its exit handler (retired).
+///
+/// With `force` (trim) every heap is waited for, and its empty segments are freed as well.
+fn scan_heaps(force: bool) -> Scan {
+    REMOTE_FREES.store(false, Ordering::Relaxed);
+    let me = current().map_or(ptr::null_mut(), |h| h as *const Heap as *mut Heap);
+    let mut scan = Scan { released: false, more: false };
+    for_each_heap(|h| {
+        // SAFETY: heaps are never freed; we read only atomics and, under the lock, its segments.
+        let heap = unsafe { &*h };
+        if h == me || heap.kernel_tid.load(Ordering::Relaxed) == 0 {
+            return; // ours, or no thread's (pooled; the locked heaps are `trim_backup`'s)
+        }
+        let lock = segs_of(h);
+        let Some(mut segs) = (if force { Some(lock.lock()) } else { lock.try_lock() }) else {
+            scan.more = true;
+            return;
+        };
+        scan.released |= segs.reset_remote_freed_pages();
+        let n = heap.slow_paths.load(Ordering::Relaxed);
+        let idle = n == segs.seen_slow_paths;
+        segs.seen_slow_paths = n;
+        if force {
+            scan.released |= segs.trim();
+        } else if idle {
+            let had_dirty = segs.dirty_pages > 0;
+            scan.released |= segs.release_all_free_pages() && had_dirty;
+        } else {
+            // Active: look again, since it may go idle (or its thread may end unseen) with
+            // memory to give back.
+            scan.more = true;
+        }
+        drop(segs);
+        if (idle || force) && META.lock().reap_if_gone(h) {
+            scan.released = true;
+        }
+    });
+    scan
+}
+
+/// From the background thread (which has no heap of its own): one scan of every heap, as
+/// from a slow path, whether or not one is scheduled.
+pub fn scan_idle_heaps() {
+    let _errno = os::ErrnoGuard::new();
+    scan_heaps(false);
 }
 
 /// Collects the abandoned segments: frees the empty ones, releases free pages of the rest.
@@ -1129,7 +1388,7 @@ pub fn check_invariants() {
             let Some(seg) = segment::lookup(page.area()) else {
                 fail("check_invariants: a queued page is in no live segment", page.area());
             };
-            if seg.heap.get() != me || !page.in_use() || page.class() != class {
+            if owner_of(seg) != me || !page.in_use() || page.class() != class {
                 fail("check_invariants: a queued page is not ours, not in use, or in the wrong queue", page.area());
             }
             if let Err(e) = page.check() {
@@ -1151,12 +1410,11 @@ pub fn check_invariants() {
             // SAFETY: segments in our queues are live and ours (we hold their lock).
             let seg = unsafe { &*s };
             let at = s as *const u8;
-            if !seg.is_mapped() || seg.heap.get() != me || seg.thread_id.load(Ordering::Relaxed) != heap.thread_id.get()
+            if !seg.is_mapped() || owner_of(seg) != me || seg.thread_id.load(Ordering::Relaxed) != heap.thread_id.get()
             {
                 fail("check_invariants: an owned segment is unmapped or owned by another heap", at);
             }
-            let all = if seg.page_count == 64 { u64::MAX } else { (1u64 << seg.page_count) - 1 };
-            let used_mask = !seg.free_mask.get() & all;
+            let used_mask = seg.used_mask();
             if used_mask.count_ones() != seg.used_pages.get() {
                 fail("check_invariants: used_pages does not match the free-page mask", at);
             }

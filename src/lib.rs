@@ -30,6 +30,7 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod arena;
+mod background;
 #[cfg(feature = "override")]
 pub mod c_api;
 mod heap;
@@ -141,10 +142,24 @@ fn heap_alloc(heap: &heap::Heap, class: usize, size: usize, align: usize, zero: 
     // SAFETY: `class_of` returns a class below NCLASSES.
     let page = unsafe { heap.bins.get_unchecked(class) }.first();
     // SAFETY: pages in a heap's queues are live descriptors owned by this thread.
-    if !page.is_null() && unsafe { !(*page).free.get().is_null() } {
+    if !page.is_null() {
         // SAFETY: as above.
-        return heap.pop_from(unsafe { &*page }, zero, move |pg, b| sample_small(heap, pg, b, size, align, zero));
+        let page = unsafe { &*page };
+        let b = page.free_head();
+        if !b.is_null() {
+            // SAFETY: `b` is the head of the page's free list, just read.
+            return unsafe { heap.pop_from(page, b, zero, move |pg, b| sample_small(heap, pg, b, size, align, zero)) };
+        }
     }
+    heap_alloc_slow(heap, class, size, align, zero)
+}
+
+/// [`heap_alloc`] when the first page has no free block (out of line: the fast path keeps
+/// its few registers).
+#[cold]
+#[inline(never)]
+fn heap_alloc_slow(heap: &heap::Heap, class: usize, size: usize, align: usize, zero: bool) -> *mut u8 {
+    background::start_if_wanted(heap);
     heap.alloc_slow(class, zero, move |pg, b| sample_small(heap, pg, b, size, align, zero))
 }
 
@@ -460,7 +475,7 @@ unsafe fn free_block(p: *mut u8) {
     if seg.thread_id.load(Ordering::Relaxed) == os::thread_id() && !b.is_null() {
         // SAFETY: the segment is ours, so its heap is this thread's heap, and `b` is a carved
         // block of `page`.
-        if unsafe { (*seg.heap.get()).free_local(page, b) } {
+        if unsafe { (*heap::owner_of(seg)).free_local(page, b) } {
             return;
         }
         bad_free(b, p);
@@ -498,6 +513,7 @@ fn free_remote(seg: &segment::Segment, page: &page::Page, b: *mut Block, p: *mut
     if unsafe { !page.push_thread(b) } {
         bad_free(b, p);
     }
+    heap::note_remote_free();
     prof::release(prof::Sample { tag: sample[0], size: sample[1] });
     match heap::current() {
         Some(h) => h.in_use.free(bs),
@@ -747,6 +763,7 @@ pub fn format_info_xml<W: core::fmt::Write>(out: &mut W) {
 /// whether the arena may move the program break (see `arena`).
 fn after_init() {
     arena::decide_brk();
+    background::init();
     if prof::enabled() {
         // SAFETY: the handler has the required signature; atexit may allocate, which works
         // once initialisation is done.

@@ -37,6 +37,9 @@ pub enum Opt {
     ProfRate,
     /// Report the sampled blocks still live at exit, by stack (`TIDEMALLOC_LEAKS=1`).
     Leaks,
+    /// A background thread releases free memory on the purge delay even while the program
+    /// makes no call (`TIDEMALLOC_BACKGROUND_PURGE=1`). Read at start-up only.
+    BackgroundPurge,
 }
 
 struct Spec {
@@ -55,7 +58,7 @@ pub const SHOW_STATS_JSON: usize = 2;
 /// Largest supported mmap threshold: sizes up to here can come from the arena.
 pub const MAX_MMAP_THRESHOLD: usize = 1 << 30;
 
-const SPECS: [Spec; 12] = [
+const SPECS: [Spec; 13] = [
     Spec {
         opt: Opt::MmapThreshold,
         default: 128 << 10,
@@ -99,6 +102,7 @@ const SPECS: [Spec; 12] = [
         glibc_env: b"",
     },
     Spec { opt: Opt::Leaks, default: 0, max: 1, env: b"TIDEMALLOC_LEAKS", glibc_env: b"" },
+    Spec { opt: Opt::BackgroundPurge, default: 0, max: 1, env: b"TIDEMALLOC_BACKGROUND_PURGE", glibc_env: b"" },
 ];
 
 static VALUES: [AtomicUsize; SPECS.len()] = {

@@ -279,6 +279,22 @@ pub fn realtime_ns() -> i64 {
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
+/// The kernel's id of the calling thread (gettid).
+pub fn kernel_tid() -> i32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+/// Whether thread `tid` of process `pid` has ended: tgkill with signal 0 (which sends
+/// nothing) finds no such thread. Any other answer, including a refusal, means not known to
+/// be gone.
+pub fn thread_gone(pid: i32, tid: i32) -> bool {
+    let _errno = ErrnoGuard::new();
+    // SAFETY: signal 0 only checks that the thread exists.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) };
+    r != 0 && errno() == libc::ESRCH
+}
+
 /// The process id.
 pub fn getpid() -> i32 {
     // SAFETY: getpid has no preconditions.
@@ -463,6 +479,42 @@ pub fn block_signals() -> libc::sigset_t {
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
         old
     }
+}
+
+/// Starts a detached thread running `f(arg)` with a stack of `stack` bytes and every
+/// signal blocked (so none of the program's signals is delivered to it). False if it could
+/// not be created. pthread_create itself allocates (the new thread's TLS vector), so the
+/// caller must hold no lock that an allocation takes.
+pub fn spawn_thread(f: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void, stack: usize) -> bool {
+    // SAFETY: attr and the thread id are valid out-pointers; the signal mask is restored
+    // after the thread is made (a new thread inherits its creator's mask).
+    unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        if libc::pthread_attr_init(&mut attr) != 0 {
+            return false;
+        }
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        libc::pthread_attr_setstacksize(&mut attr, stack);
+        let old = block_signals();
+        let mut t: libc::pthread_t = 0;
+        let ok = libc::pthread_create(&mut t, &attr, f, ptr::null_mut()) == 0;
+        set_signal_mask(&old);
+        libc::pthread_attr_destroy(&mut attr);
+        ok
+    }
+}
+
+/// Names the calling thread (at most 15 bytes, NUL-terminated).
+pub fn set_thread_name(name: &core::ffi::CStr) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+}
+
+/// Sleeps for `ms` milliseconds (less if a signal interrupts it).
+pub fn sleep_ms(ms: u64) {
+    let t = libc::timespec { tv_sec: (ms / 1000) as libc::time_t, tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long };
+    // SAFETY: a valid timespec; the remainder is not wanted.
+    unsafe { libc::nanosleep(&t, ptr::null_mut()) };
 }
 
 /// Sets the calling thread's signal mask (one returned by [`block_signals`]).

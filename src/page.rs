@@ -30,6 +30,15 @@
 //! changes them are atomics (Relaxed: a block a thread frees was carved before it got the
 //! pointer), and `block_size`, `div_magic`, `area` and `class` change only while the page
 //! holds no block.
+//!
+//! **Collection by another thread.** A page whose blocks other threads have all freed would
+//! wait for its owner's slow path to be collected, forever if the owner is idle. So a thread
+//! holding the owner's segment lock may take such a page's blocks and mark it uncarved
+//! ([`Page::reset_if_all_freed_remotely`]) while the owner runs, relying on two rules:
+//! `free` becomes non-empty only on the owner's slow path, under that lock; and the owner
+//! pushes on `local_free` only a block that is live. The owner's stores to `used` are
+//! release stores, so a collector reading it (acquire) sees the list heads as they were
+//! then. On x86-64 these orderings cost no instruction.
 
 use crate::stats::{self, Gauge};
 use core::cell::Cell;
@@ -88,10 +97,11 @@ const EXTEND_BYTES: usize = 4096;
 /// Descriptor of one page; lives in its segment's header, never in the page itself.
 #[repr(C)]
 pub struct Page {
-    /// Blocks ready to allocate (owner only).
-    pub free: Cell<*mut Block>,
-    /// Blocks handed out and not yet collected back (owner only).
-    pub used: Cell<u32>,
+    /// Blocks ready to allocate (the owner pops; a collector of remote frees reads it).
+    free: AtomicPtr<Block>,
+    /// Blocks handed out and not yet collected back (the owner writes; a collector of remote
+    /// frees reads it).
+    used: AtomicU32,
     /// Blocks carved so far (owner writes, a remote free reads).
     capacity: AtomicU32,
     /// Blocks that fit in the page; 0 while the page is not in use (owner only).
@@ -106,8 +116,8 @@ pub struct Page {
     div_magic: Cell<u64>,
     /// First byte of the first block; fixed while in use.
     area: Cell<*mut u8>,
-    /// Blocks the owner freed (owner only).
-    local_free: Cell<*mut Block>,
+    /// Blocks the owner freed (the owner pushes; a collector of remote frees reads it).
+    local_free: AtomicPtr<Block>,
     /// Blocks other threads freed (any thread pushes, the owner takes all).
     thread_free: AtomicPtr<Block>,
     /// Links in the owning heap's queue for this size class (owner only).
@@ -119,10 +129,10 @@ impl Page {
     /// Sets up an unused page to hold `reserved` blocks of `block_size` bytes from `area`.
     pub fn init(&self, class: u8, block_size: usize, area: *mut u8, reserved: usize, mem_is_zero: bool) {
         debug_assert!(self.block_size.get() == 0 && block_size >= 16 && reserved >= 1);
-        self.free.set(ptr::null_mut());
-        self.local_free.set(ptr::null_mut());
+        self.free.store(ptr::null_mut(), Ordering::Relaxed);
+        self.local_free.store(ptr::null_mut(), Ordering::Relaxed);
         self.thread_free.store(ptr::null_mut(), Ordering::Relaxed);
-        self.used.set(0);
+        self.used.store(0, Ordering::Relaxed);
         self.capacity.store(0, Ordering::Relaxed);
         self.reserved.set(reserved as u32);
         self.flags.store(if mem_is_zero { MEM_IS_ZERO } else { 0 }, Ordering::Relaxed);
@@ -190,20 +200,60 @@ impl Page {
         self.set_flags(SAMPLE_HEADERS, 0);
     }
 
-    /// Pops a block from `free` and clears its freed mark; null if `free` is empty.
+    /// Whether `free` has a block.
     #[inline(always)]
+    pub fn has_free(&self) -> bool {
+        !self.free_head().is_null()
+    }
+
+    /// The first block of `free`, null if none (owner: the malloc fast path reads it once).
+    #[inline(always)]
+    pub fn free_head(&self) -> *mut Block {
+        self.free.load(Ordering::Relaxed)
+    }
+
+    /// `has_free` for a thread that is not the owner.
+    fn has_free_acquire(&self) -> bool {
+        !self.free.load(Ordering::Acquire).is_null()
+    }
+
+    /// Blocks handed out and not collected back (owner).
+    #[inline(always)]
+    pub fn used(&self) -> u32 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Owner: sets `used`. A release store, so a collector that reads it sees the list
+    /// heads as they were (see [`Page::reset_if_all_freed_remotely`]).
+    #[inline(always)]
+    fn set_used(&self, n: u32) {
+        self.used.store(n, Ordering::Release);
+    }
+
+    /// Pops a block from `free` and clears its freed mark; null if `free` is empty.
+    #[cfg(test)]
     pub fn pop(&self) -> *mut Block {
-        let b = self.free.get();
+        let b = self.free_head();
         if !b.is_null() {
-            // SAFETY: blocks on `free` are carved from this page's area, hold a valid link,
-            // and are the owner's (the caller's) to write.
-            unsafe {
-                self.free.set((*b).next);
-                (*b).mark.store(0, Ordering::Relaxed);
-            }
-            self.used.set(self.used.get() + 1);
+            // SAFETY: `b` is the head of `free`, just read.
+            unsafe { self.pop_head(b) };
         }
         b
+    }
+
+    /// Pops `b` off `free` and clears its freed mark.
+    ///
+    /// # Safety
+    /// The caller is the owner and `b` is `free_head()`, not null.
+    #[inline(always)]
+    pub unsafe fn pop_head(&self, b: *mut Block) {
+        self.set_used(self.used() + 1);
+        // SAFETY: blocks on `free` are carved from this page's area, hold a valid link, and
+        // are the owner's (the caller's) to write.
+        unsafe {
+            self.free.store((*b).next, Ordering::Release);
+            (*b).mark.store(0, Ordering::Relaxed);
+        }
     }
 
     /// The owner gives a block back. False, changing nothing, if the block is already free.
@@ -218,10 +268,10 @@ impl Page {
                 return false;
             }
             Block::set_mark(b);
-            (*b).next = self.local_free.get();
+            (*b).next = self.local_free.load(Ordering::Relaxed);
         }
-        self.local_free.set(b);
-        self.used.set(self.used.get() - 1);
+        self.local_free.store(b, Ordering::Relaxed);
+        self.set_used(self.used() - 1);
         true
     }
 
@@ -237,13 +287,23 @@ impl Page {
         if unsafe { (*b).mark.swap(mark, Ordering::Relaxed) } == mark {
             return false;
         }
-        let mut head = self.thread_free.load(Ordering::Relaxed);
+        // SAFETY: the block is the caller's to write until the push publishes it.
+        unsafe { self.push_thread_chain(b, b) };
+        true
+    }
+
+    /// Prepends the linked blocks `head..=tail` to `thread_free`.
+    ///
+    /// # Safety
+    /// The chain is the caller's, linked from `head` to `tail`, of blocks of this page.
+    unsafe fn push_thread_chain(&self, head: *mut Block, tail: *mut Block) {
+        let mut first = self.thread_free.load(Ordering::Relaxed);
         loop {
-            // SAFETY: the block is the caller's to write until the push below publishes it.
-            unsafe { (*b).next = head };
-            match self.thread_free.compare_exchange_weak(head, b, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => return true,
-                Err(h) => head = h,
+            // SAFETY: the chain is the caller's to write until the swap publishes it.
+            unsafe { (*tail).next = first };
+            match self.thread_free.compare_exchange_weak(first, head, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(h) => first = h,
             }
         }
     }
@@ -253,41 +313,82 @@ impl Page {
         !self.thread_free.load(Ordering::Relaxed).is_null()
     }
 
-    /// Owner: folds `thread_free` and `local_free` into `free` when `free` is empty. Returns
-    /// true if `free` now has a block.
+    /// Owner, under its heap's segment lock: folds `thread_free` and `local_free` into
+    /// `free` when `free` is empty. Returns true if `free` now has a block.
     pub fn collect(&self) -> bool {
-        if !self.free.get().is_null() {
+        if self.has_free() {
             return true;
         }
         if self.has_thread_free() {
             self.collect_thread_free();
         }
-        let local = self.local_free.replace(ptr::null_mut());
+        let local = self.local_free.swap(ptr::null_mut(), Ordering::Relaxed);
         if !local.is_null() {
-            self.free.set(local);
+            self.free.store(local, Ordering::Relaxed);
             self.set_flags(0, FREE_IS_ZERO);
         }
-        !self.free.get().is_null()
+        self.has_free()
     }
 
-    /// Owner: takes every block other threads freed and moves it to `local_free`.
+    /// Owner (or whoever holds the page's bookkeeping), under the segment lock: takes every
+    /// block other threads freed and moves it to `local_free`.
     pub fn collect_thread_free(&self) {
         let head = self.thread_free.swap(ptr::null_mut(), Ordering::Acquire);
         if head.is_null() {
             return;
         }
-        let (mut tail, mut n) = (head, 1);
         // SAFETY: blocks on thread_free were pushed by push_thread with a valid link and are
         // now exclusively ours.
-        unsafe {
-            while !(*tail).next.is_null() {
-                tail = (*tail).next;
-                n += 1;
-            }
-            (*tail).next = self.local_free.get();
+        let (tail, n) = unsafe { chain_end(head) };
+        // SAFETY: as above.
+        unsafe { (*tail).next = self.local_free.load(Ordering::Relaxed) };
+        self.local_free.store(head, Ordering::Relaxed);
+        self.set_used(self.used() - n);
+    }
+
+    /// A thread that does not own the page, holding the owner's segment lock: if every block
+    /// handed out has been freed by other threads (none is live, none is on the owner's own
+    /// lists), forgets the blocks and marks the page uncarved, so its memory can be released
+    /// while it stays the owner's (the owner's next slow path carves it afresh). Returns
+    /// the bytes that were carved, or 0 if the page was left as it was.
+    ///
+    /// Sound while the owner runs: the owner makes `free` non-empty only on its slow path,
+    /// under the lock we hold; it pushes on `local_free` only a live block, and there is
+    /// none. Reading `used` (acquire) after `free` sees the list heads as they were when the
+    /// owner wrote it.
+    pub fn reset_if_all_freed_remotely(&self) -> usize {
+        if self.has_free_acquire() {
+            return 0;
         }
-        self.local_free.set(head);
-        self.used.set(self.used.get() - n);
+        let used = self.used.load(Ordering::Acquire);
+        // An empty page (`used == 0`) is its owner's to give back.
+        if used == 0 || !self.local_free.load(Ordering::Relaxed).is_null() {
+            return 0;
+        }
+        let head = self.thread_free.swap(ptr::null_mut(), Ordering::Acquire);
+        if head.is_null() {
+            return 0;
+        }
+        // SAFETY: the swap made the chain ours; its blocks hold valid links.
+        let (tail, n) = unsafe { chain_end(head) };
+        // Fewer: some block is live (or its free is still on the way).
+        if n != used {
+            // SAFETY: the chain is ours, linked from head to tail.
+            unsafe { self.push_thread_chain(head, tail) };
+            return 0;
+        }
+        let carved = self.capacity.load(Ordering::Relaxed) as usize * self.block_size.get();
+        stats::gauge_add(Gauge::CarvedBytes, -(carved as isize));
+        self.set_used(0);
+        self.capacity.store(0, Ordering::Relaxed);
+        self.set_flags(0, FREE_IS_ZERO | MEM_IS_ZERO | HAS_ALIGNED | SAMPLE_HEADERS);
+        carved
+    }
+
+    /// After [`Page::reset_if_all_freed_remotely`] and the release of its memory: the page's
+    /// uncarved memory is zero.
+    pub fn set_mem_is_zero(&self) {
+        self.set_flags(MEM_IS_ZERO, 0);
     }
 
     /// Owner: carves more blocks onto `free`, each marked free. Returns false if the page is
@@ -306,10 +407,10 @@ impl Page {
             let first = self.area.get().add(capacity as usize * bs);
             for i in 0..n {
                 let b = first.add(i * bs).cast::<Block>();
-                (*b).next = if i + 1 < n { first.add((i + 1) * bs).cast() } else { self.free.get() };
+                (*b).next = if i + 1 < n { first.add((i + 1) * bs).cast() } else { self.free.load(Ordering::Relaxed) };
                 Block::set_mark(b);
             }
-            self.free.set(first.cast());
+            self.free.store(first.cast(), Ordering::Relaxed);
         }
         // Fresh blocks are zero (but for the header words) if the memory was, and `free` was
         // empty before (callers only extend an empty list).
@@ -362,8 +463,24 @@ impl Page {
     /// Owner, in a huge span: the single block is carved and handed out.
     pub fn set_single_block_in_use(&self) {
         self.capacity.store(1, Ordering::Relaxed);
-        self.used.set(1);
+        self.set_used(1);
     }
+}
+
+/// The last block of the chain from `head` (not null) and the chain's length.
+///
+/// # Safety
+/// The chain is the caller's, of blocks with valid links, ending in null.
+unsafe fn chain_end(head: *mut Block) -> (*mut Block, u32) {
+    let (mut tail, mut n) = (head, 1);
+    // SAFETY: per the contract.
+    unsafe {
+        while !(*tail).next.is_null() {
+            tail = (*tail).next;
+            n += 1;
+        }
+    }
+    (tail, n)
 }
 
 /// Most blocks one page can hold (a 64 KiB page of 16-byte blocks).
@@ -383,13 +500,13 @@ impl Page {
             return Err("capacity above the blocks the page holds");
         }
         let mut seen = [0u64; MAX_BLOCKS / 64];
-        let nfree = self.check_list(self.free.get(), cap, &mut seen)?;
-        let nlocal = self.check_list(self.local_free.get(), cap, &mut seen)?;
+        let nfree = self.check_list(self.free.load(Ordering::Relaxed), cap, &mut seen)?;
+        let nlocal = self.check_list(self.local_free.load(Ordering::Relaxed), cap, &mut seen)?;
         let nthread = self.check_list(self.thread_free.load(Ordering::Acquire), cap, &mut seen)?;
-        if self.used.get() as usize + nfree + nlocal != cap {
+        if self.used() as usize + nfree + nlocal != cap {
             return Err("used does not match the free lists");
         }
-        if nthread > self.used.get() as usize {
+        if nthread > self.used() as usize {
             return Err("more blocks on thread_free than in use");
         }
         Ok(())
@@ -472,10 +589,10 @@ mod tests {
         let page = fresh();
         let c = page.pop();
         // SAFETY: test-only corruption.
-        unsafe { (*c).next = page.free.get() };
-        page.free.set(c);
+        unsafe { (*c).next = page.free.load(Ordering::Relaxed) };
+        page.free.store(c, Ordering::Relaxed);
         assert!(page.check().is_err());
-        page.used.set(page.used.get() + 1);
+        page.set_used(page.used() + 1);
         assert!(page.check().is_err());
         let _ = b;
     }

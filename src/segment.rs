@@ -60,6 +60,9 @@ impl Kind {
     }
 }
 
+/// The heap that owns a segment: the layer above gives it a type; here it is only a pointer.
+pub enum OwnerHeap {}
+
 /// Header of a segment. Other threads read `thread_id`, `kind` and the page descriptors
 /// (a remote free), so the header is only reached through shared references: the fields
 /// its owner changes are `Cell`s (changed by the owner under its heap's segment lock, or by
@@ -69,8 +72,8 @@ impl Kind {
 pub struct Segment {
     /// Owning thread (`os::thread_id`), 0 for none (huge, or abandoned by an exited thread).
     pub thread_id: AtomicUsize,
-    /// Owning heap (null when abandoned or huge).
-    pub heap: Cell<*mut crate::heap::Heap>,
+    /// Owning heap (null when abandoned or huge); opaque at this layer.
+    pub heap: Cell<*mut OwnerHeap>,
     pub kind: Kind,
     /// log2 of the page size (`kind.page_shift()`), kept here so `free` finds the page with
     /// one load.
@@ -140,12 +143,22 @@ impl Segment {
             stats::gauge_add(Gauge::HugeBytes, sign * self.page_area(0).1 as isize);
             return;
         }
-        let all = if self.page_count == 64 { u64::MAX } else { (1u64 << self.page_count) - 1 };
+        let all = self.all_pages();
         let free = self.free_mask.get();
         stats::gauge_add(Gauge::Segments, sign);
         stats::gauge_add(Gauge::FreePages, sign * free.count_ones() as isize);
         stats::gauge_add(Gauge::FreePagesDirty, sign * self.mask_bytes(free & !self.fresh_mask.get()) as isize);
         stats::gauge_add(Gauge::PageBytes, sign * self.mask_bytes(!free & all) as isize);
+    }
+
+    /// The mask with a bit for every page.
+    pub fn all_pages(&self) -> u64 {
+        if self.page_count == 64 { u64::MAX } else { (1u64 << self.page_count) - 1 }
+    }
+
+    /// The pages in use (taken, not released).
+    pub fn used_mask(&self) -> u64 {
+        !self.free_mask.get() & self.all_pages()
     }
 
     /// Bytes of the pages whose bits are set in `mask`.

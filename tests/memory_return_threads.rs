@@ -133,3 +133,100 @@ fn backup_heap_memory_goes_back_to_trim() {
     }
     run(NAME);
 }
+
+/// A live thread allocates `bytes` and hands every block to the main thread, then waits (idle,
+/// alive) until told to end. Returns the blocks and the channel that ends it.
+fn idle_owner(bytes: usize) -> (Vec<usize>, std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (blocks_tx, blocks_rx) = std::sync::mpsc::channel();
+    let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+    let t = std::thread::spawn(move || {
+        blocks_tx.send(fill(bytes)).unwrap();
+        let _ = end_rx.recv();
+    });
+    (blocks_rx.recv().unwrap(), end_tx, t)
+}
+
+/// Blocks other threads freed into the pages of a live, idle thread go back to `trim(0)`
+/// (on the old code RSS stayed at the 250 MB the thread had allocated).
+#[test]
+fn trim_collects_what_others_freed_into_an_idle_thread() {
+    const NAME: &str = "trim_collects_what_others_freed_into_an_idle_thread";
+    if common::is_child(NAME) {
+        let base = rss();
+        let (blocks, end, t) = idle_owner(250 * MIB);
+        let full = rss();
+        assert!(full > base + 200 * MIB, "set-up: RSS only went from {base} to {full}");
+        free_all(blocks);
+        assert!(trim(0), "trim(0) released nothing");
+        let after = rss();
+        eprintln!("RSS: {} MiB at start, {} MiB full, {} MiB after free and trim", base / MIB, full / MIB, after / MIB);
+        assert!(after < base + 16 * MIB, "trim left {} MiB (start {} MiB)", after / MIB, base / MIB);
+        // The owner's pages are its own again: it allocates and frees as before.
+        drop(end);
+        t.join().unwrap();
+        return;
+    }
+    run(NAME);
+}
+
+/// The same without trim: a program that keeps allocating on another thread sees the idle
+/// thread's memory go back within the purge delay.
+#[test]
+fn what_others_freed_into_an_idle_thread_goes_back_without_trim() {
+    const NAME: &str = "what_others_freed_into_an_idle_thread_goes_back_without_trim";
+    if common::is_child(NAME) {
+        let base = rss();
+        let (blocks, end, t) = idle_owner(250 * MIB);
+        let full = rss();
+        assert!(full > base + 200 * MIB, "set-up: RSS only went from {base} to {full}");
+        free_all(blocks);
+        keep_busy(Duration::from_millis(2500));
+        let after = rss();
+        eprintln!(
+            "RSS: {} MiB at start, {} MiB full, {} MiB 2.5 s after the frees",
+            base / MIB,
+            full / MIB,
+            after / MIB
+        );
+        assert!(after < base + 40 * MIB, "RSS stayed at {} MiB (start {} MiB)", after / MIB, base / MIB);
+        drop(end);
+        t.join().unwrap();
+        return;
+    }
+    run(NAME);
+}
+
+/// After its pages were collected by others, the owner allocates into them again and every
+/// block reads back what was written (the collection left no stale list behind).
+#[test]
+fn an_owner_whose_pages_were_collected_allocates_soundly() {
+    const NAME: &str = "an_owner_whose_pages_were_collected_allocates_soundly";
+    if common::is_child(NAME) {
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<Vec<usize>>();
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<()>();
+        let owner = std::thread::spawn(move || {
+            for round in 0..4u8 {
+                let v = fill(40 * MIB);
+                // Keep a few blocks ourselves: those pages must survive the collection.
+                let (mine, theirs): (Vec<usize>, Vec<usize>) = v.into_iter().partition(|p| p % 4096 < 8);
+                go_tx.send(theirs).unwrap();
+                back_rx.recv().unwrap(); // freed by main and trimmed meanwhile
+                for &p in &mine {
+                    // SAFETY: our live block of 1000 bytes, written by `fill`.
+                    let s = unsafe { std::slice::from_raw_parts(p as *const u8, 1000) };
+                    assert!(s.iter().all(|&b| b == s[0]), "round {round}: a kept block changed");
+                }
+                free_all(mine);
+            }
+        });
+        for _ in 0..4 {
+            let theirs = go_rx.recv().unwrap();
+            free_all(theirs);
+            trim(0);
+            back_tx.send(()).unwrap();
+        }
+        owner.join().unwrap();
+        return;
+    }
+    run(NAME);
+}

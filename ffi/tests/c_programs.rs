@@ -18,6 +18,8 @@
 //!   tidemalloc's pre-fork handler holds its locks;
 //! - `thread_exit.c`: 2000 threads exiting with live blocks, racing exits, key destructors
 //!   that allocate after tidemalloc's exit handler;
+//! - `late_thread.c`: 2000 threads whose first allocation comes in the last destructor round
+//!   leave neither RSS nor break behind;
 //! - `abort.c`: misuse dies by SIGABRT with a message naming tidemalloc, free and the pointer;
 //! - `dlopen.c`: the library loaded with dlopen leaves the program break to glibc's malloc;
 //! - `dlopen_threads.c`: threads allocating through a dlopen'ed library (its initial-exec TLS);
@@ -359,6 +361,20 @@ fn thread_exit() {
     let bin = compile("thread_exit.c", Via::Preload);
     let r = exec(&bin, &[], Via::Preload, 180);
     assert_passed(&r, "thread_exit", "thread_exit: ok");
+}
+
+// ---- late_thread.c ----
+
+/// Threads whose first allocation comes in the last round of key destructors (tidemalloc's
+/// exit handler never runs for them) leave no heap and no segment behind.
+#[test]
+fn threads_first_allocating_in_the_last_destructor_round() {
+    if !gcc("threads_first_allocating_in_the_last_destructor_round") {
+        return;
+    }
+    let bin = compile("late_thread.c", Via::Preload);
+    let r = exec(&bin, &[], Via::Preload, 120);
+    assert_passed(&r, "late_thread", "late_thread: ok");
 }
 
 // ---- abort.c ----
