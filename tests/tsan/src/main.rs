@@ -42,7 +42,7 @@ fn main() {
             unsafe { tidemalloc::free(p as *mut u8) };
             i = (i + 1) % RING;
             n += 1;
-            if n % 20000 == 0 {
+            if n % 2000 == 0 {
                 tidemalloc::trim(0);
             }
         }
