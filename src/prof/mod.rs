@@ -26,6 +26,7 @@
 
 pub mod gzip;
 mod leaks;
+mod math;
 mod pprof;
 pub mod proto;
 mod scratch;
@@ -131,13 +132,13 @@ pub fn interval(rng: &Cell<u64>) -> usize {
     }
     // A uniform value in (0, 1), never 0 (whose logarithm is infinite).
     let u = ((next_random(rng) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    (-u.ln() * rate as f64).min((1u64 << 62) as f64) as usize
+    (-math::ln(u) * rate as f64).min((1u64 << 62) as f64) as usize
 }
 
 /// Probability that an allocation of `charged` bytes on the clock was sampled.
 fn probability(charged: usize) -> f64 {
     let rate = rate();
-    if rate <= 1 { 1.0 } else { -(-(charged.max(1) as f64) / rate as f64).exp_m1() }
+    if rate <= 1 { 1.0 } else { -math::exp_m1(-(charged.max(1) as f64) / rate as f64) }
 }
 
 /// A recorded sample, kept in the sampled block's header: the bucket and probability (tag)
