@@ -295,6 +295,12 @@ fn workloads(root: &Path, out: &Path, opts: &Options) -> Vec<Workload> {
         own("realloc_double", "buffers growing by doubling to 1 GiB"),
         own("large_churn", "256 KiB-32 MiB blocks allocated, touched, freed"),
         own("fragmentation", "allocate, free every other block, allocate other sizes"),
+        own("tiny_leak", "a tiny process: 2048 small blocks live, 1 in 50 replaced ones leaked"),
+        own("phased", "live set up to 200 MB and down to 2 MB, 3 times; RSS in the low phases"),
+        own("thread_exit", "short-lived threads hand most blocks to a holder thread and exit"),
+        own("bignum_small", "100k small numbers (24-48 B blocks) computed in allocation order"),
+        own("prodcons_tiny", "16-64 B blocks passed through a lock-free ring, freed by the consumer"),
+        own("false_sharing", "threads write blocks while others write the blocks they handed over"),
     ];
     w.push(Workload {
         name: "rust_btree_json",
@@ -491,8 +497,8 @@ struct Cell {
     wall: f64,
     cpu: f64,
     rss_kb: f64,
-    /// `final_rss_kb` printed by the workload (fragmentation), if any.
-    final_rss_kb: Option<f64>,
+    /// The workload's own RSS readings (`RSS_LINES`), if it printed them.
+    own_rss_kb: [Option<f64>; RSS_LINES.len()],
     ok: bool,
 }
 
@@ -513,9 +519,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
+/// Lines `KEY <n>` with an RSS in KiB that a workload reads itself when it chooses, and the
+/// label of each in the report: `final_rss_kb` (fragmentation: after freeing) and
+/// `low_rss_kb` (phased: in its low phases). Reported with their ratio to glibc's, not
+/// compared.
+const RSS_LINES: [(&str, &str); 2] = [("final_rss_kb", "final"), ("low_rss_kb", "low")];
+
+/// The value of the output line `key <n>`, if any.
+fn reported(stdout: &str, key: &str) -> Option<f64> {
+    stdout.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// The lines of a workload's output that must be equal under every allocator.
 fn answer(stdout: &str) -> String {
-    stdout.lines().filter(|l| !l.starts_with("final_rss_kb")).collect::<Vec<_>>().join("\n")
+    stdout.lines().filter(|l| !RSS_LINES.iter().any(|(key, _)| l.starts_with(key))).collect::<Vec<_>>().join("\n")
 }
 
 fn geomean(v: impl Iterator<Item = f64>) -> f64 {
@@ -547,20 +564,15 @@ impl Report {
                     }
                 }
                 let good: Vec<&Run> = rs.iter().filter(|r| r.failure.is_none()).collect();
-                let finals: Vec<f64> = good
-                    .iter()
-                    .filter_map(|r| {
-                        r.stdout
-                            .lines()
-                            .find_map(|l| l.strip_prefix("final_rss_kb "))
-                            .and_then(|v| v.trim().parse().ok())
-                    })
-                    .collect();
+                let own_rss_kb = RSS_LINES.map(|(key, _)| {
+                    let v: Vec<f64> = good.iter().filter_map(|r| reported(&r.stdout, key)).collect();
+                    (!v.is_empty()).then(|| median(v))
+                });
                 row.push(Cell {
                     wall: median(good.iter().map(|r| r.wall).collect()),
                     cpu: median(good.iter().map(|r| r.cpu).collect()),
                     rss_kb: median(good.iter().map(|r| r.maxrss_kb as f64).collect()),
-                    final_rss_kb: (!finals.is_empty()).then(|| median(finals)),
+                    own_rss_kb,
                     ok,
                 });
             }
@@ -584,6 +596,14 @@ impl Report {
         self.cells[wi][ai].rss_kb / self.cells[wi][0].rss_kb
     }
 
+    /// The workload's own RSS reading `RSS_LINES[k]` over glibc's (NaN if either is missing).
+    fn own_rss_ratio(&self, wi: usize, ai: usize, k: usize) -> f64 {
+        match (self.cells[wi][ai].own_rss_kb[k], self.cells[wi][0].own_rss_kb[k]) {
+            (Some(v), Some(g)) => v / g,
+            _ => f64::NAN,
+        }
+    }
+
     fn geo_time(&self, ai: usize) -> f64 {
         geomean((0..self.names.len()).map(|wi| self.time_ratio(wi, ai)))
     }
@@ -605,8 +625,13 @@ impl Report {
         if ai > 0 {
             let _ = write!(s, " ({:.2}x)", self.rss_ratio(wi, ai));
         }
-        if let Some(f) = c.final_rss_kb {
-            let _ = write!(s, " final {:.0}M", f / 1024.0);
+        for (k, (_, label)) in RSS_LINES.iter().enumerate() {
+            if let Some(v) = c.own_rss_kb[k] {
+                let _ = write!(s, " {label} {:.0}M", v / 1024.0);
+                if ai > 0 {
+                    let _ = write!(s, " ({:.2}x)", self.own_rss_ratio(wi, ai, k));
+                }
+            }
         }
         if !c.ok {
             s.push_str(" !");
@@ -648,6 +673,8 @@ impl Report {
             }
         }
         s.push_str("\ncells: median wall time (ratio to glibc; < 1 is faster)  median peak RSS (ratio to glibc)\n");
+        s.push_str(OWN_RSS_LEGEND);
+        s.push('\n');
         s.push_str(&self.targets());
         for n in &self.notes {
             let _ = writeln!(s, "NOTE: {n}");
@@ -701,21 +728,35 @@ impl Report {
         for l in header.lines() {
             let _ = writeln!(s, "# {l}");
         }
-        s.push_str("workload,allocator,wall_s,cpu_s,peak_rss_kb,final_rss_kb,time_ratio,rss_ratio,ok\n");
+        let keys: Vec<&str> = RSS_LINES.iter().map(|(key, _)| *key).collect();
+        let ratios: Vec<String> = keys.iter().map(|key| format!("{}_ratio", key.trim_end_matches("_kb"))).collect();
+        let _ = writeln!(
+            s,
+            "workload,allocator,wall_s,cpu_s,peak_rss_kb,{},time_ratio,rss_ratio,{},ok",
+            keys.join(","),
+            ratios.join(",")
+        );
         for wi in 0..self.names.len() {
             for ai in 0..self.allocs.len() {
                 let c = self.cells[wi][ai];
+                let own: Vec<String> =
+                    c.own_rss_kb.iter().map(|v| v.map(|v| format!("{v:.0}")).unwrap_or_default()).collect();
+                let own_ratios: Vec<String> = (0..RSS_LINES.len())
+                    .map(|k| self.own_rss_ratio(wi, ai, k))
+                    .map(|r| if r.is_finite() { format!("{r:.4}") } else { String::new() })
+                    .collect();
                 let _ = writeln!(
                     s,
-                    "{},{},{:.4},{:.4},{:.0},{},{:.4},{:.4},{}",
+                    "{},{},{:.4},{:.4},{:.0},{},{:.4},{:.4},{},{}",
                     self.names[wi],
                     self.allocs[ai],
                     c.wall,
                     c.cpu,
                     c.rss_kb,
-                    c.final_rss_kb.map(|f| format!("{f:.0}")).unwrap_or_default(),
+                    own.join(","),
                     self.time_ratio(wi, ai),
                     self.rss_ratio(wi, ai),
+                    own_ratios.join(","),
                     c.ok
                 );
             }
@@ -740,8 +781,9 @@ impl Report {
         let g: Vec<String> = (0..self.allocs.len()).map(|ai| format!("{:.3}", self.geo_rss(ai))).collect();
         let _ = writeln!(s, "| **geomean peak-RSS ratio** | {} |", g.join(" | "));
         s.push_str(
-            "\nEach cell: median wall time (ratio to glibc; below 1 is faster), median peak RSS (ratio to glibc).\n\n",
+            "\nEach cell: median wall time (ratio to glibc; below 1 is faster), median peak RSS (ratio to glibc).\n",
         );
+        let _ = writeln!(s, "{OWN_RSS_LEGEND}.\n");
         for l in self.targets().lines() {
             let _ = writeln!(s, "- {l}");
         }
@@ -849,6 +891,10 @@ impl Report {
         s
     }
 }
+
+/// How the report describes the `RSS_LINES` figures.
+const OWN_RSS_LEGEND: &str = "final / low: RSS the workload read itself (fragmentation: after freeing all but 1/8; \
+     phased: the largest of its low-phase readings), median (ratio to glibc)";
 
 /// A per-cell ratio of the report (workload, allocator).
 type Ratio = fn(&Report, usize, usize) -> f64;
