@@ -52,7 +52,7 @@ impl Kind {
     pub const fn for_block(block_size: usize) -> Kind {
         if block_size <= 8 << 10 {
             Kind::Small
-        } else if block_size <= 64 << 10 {
+        } else if block_size <= 256 << 10 {
             Kind::Medium
         } else {
             Kind::Large
