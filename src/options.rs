@@ -90,7 +90,7 @@ const SPECS: [Spec; 13] = [
         glibc_env: b"",
     },
     Spec { opt: Opt::ShowStats, default: 0, max: SHOW_STATS_JSON, env: b"TIDEMALLOC_SHOW_STATS", glibc_env: b"" },
-    Spec { opt: Opt::PurgeDelay, default: 1000, max: 1 << 40, env: b"TIDEMALLOC_PURGE_DELAY", glibc_env: b"" },
+    Spec { opt: Opt::PurgeDelay, default: 100, max: 1 << 40, env: b"TIDEMALLOC_PURGE_DELAY", glibc_env: b"" },
     Spec { opt: Opt::DirtyMax, default: 256 << 20, max: usize::MAX / 2, env: b"TIDEMALLOC_DIRTY_MAX", glibc_env: b"" },
     Spec { opt: Opt::Perturb, default: 0, max: 255, env: b"TIDEMALLOC_PERTURB", glibc_env: b"MALLOC_PERTURB_" },
     Spec { opt: Opt::Prof, default: 0, max: 1, env: b"TIDEMALLOC_PROF", glibc_env: b"" },
