@@ -36,6 +36,8 @@ use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU32, 
 
 /// Pages of a size-class queue the slow path examines before taking a fresh page.
 const SEARCH_LIMIT: usize = 8;
+/// Segments with free pages looked at for a dirty one before a clean page is taken.
+const DIRTY_SEARCH: usize = 8;
 /// Abandoned segments adopted per fresh-page request, at most.
 const RECLAIM_LIMIT: usize = 4;
 /// Thread id of the backup heap: no real thread has it, so frees into its pages always take
@@ -613,8 +615,11 @@ impl Heap {
         let at = self.pages_purge_at.get();
         if at != 0 && os::now_ms() >= at {
             self.pages_purge_at.set(0);
-            if !self.segs().lock().release_all_free_pages() {
-                // Some release failed (the memory is locked): try again after another delay.
+            let mut segs = self.segs().lock();
+            // Free pages not yet free for a whole delay, and pages whose release failed (the
+            // memory is locked), are tried again after another delay.
+            if !segs.release_free_pages(true) || segs.dirty_pages > 0 {
+                drop(segs);
                 self.schedule_page_purge();
             }
         }
@@ -833,11 +838,29 @@ impl Heap {
 impl HeapSegs {
     /// The first segment of `kind` if it has a free page (segments with free pages come
     /// first).
+    ///
+    /// Among the first few, one whose free page is still resident (dirty) is preferred: a
+    /// released (clean) one would be faulted in again while the dirty one stays resident.
     fn with_free_page(&self, kind: Kind) -> Option<&'static Segment> {
         let first = self.queues[kind as usize].first();
         // SAFETY: segments in our queues are live and ours.
         let seg = (!first.is_null()).then(|| unsafe { &*first })?;
-        (seg.free_mask.get() != 0).then_some(seg)
+        if seg.free_mask.get() == 0 {
+            return None;
+        }
+        let mut s = seg;
+        for _ in 0..DIRTY_SEARCH {
+            if s.free_mask.get() & !s.fresh_mask.get() != 0 {
+                return Some(s);
+            }
+            let next = s.next.get();
+            // SAFETY: as above.
+            match (!next.is_null()).then(|| unsafe { &*next }) {
+                Some(n) if n.free_mask.get() != 0 => s = n,
+                _ => break,
+            }
+        }
+        Some(seg)
     }
 
     /// A new, empty segment of `kind` from the arena, owned by `heap`.
@@ -898,7 +921,7 @@ impl HeapSegs {
             // delay (see `Heap::purge_pages_if_due`), or at once beyond the dirty cap.
             self.dirty_pages += seg.page_area(i).1;
             if self.dirty_pages > options::get(Opt::DirtyMax) && self.may_retry_release() {
-                self.release_all_free_pages();
+                self.release_free_pages(false);
             }
         }
     }
@@ -909,9 +932,10 @@ impl HeapSegs {
             || os::now_ms() >= self.release_failed_at.saturating_add(options::get(Opt::PurgeDelay) as u64)
     }
 
-    /// Releases the free pages of every segment (madvise). False if a release failed (the
-    /// pages stay dirty, and are tried again later).
-    fn release_all_free_pages(&mut self) -> bool {
+    /// Releases the free pages of every segment (madvise); with `aged_only`, only those free
+    /// since the last such call (so for a purge delay at least: see `Segment::aged_mask`).
+    /// False if a release failed (the pages stay dirty, and are tried again later).
+    fn release_free_pages(&mut self, aged_only: bool) -> bool {
         let mut all = true;
         let mut dirty_left = 0;
         for q in &self.queues {
@@ -920,10 +944,8 @@ impl HeapSegs {
                 // SAFETY: segments in our queues are live and ours (we hold their lock).
                 let seg = unsafe { &*s };
                 s = seg.next.get();
-                if release_free_pages(seg).is_err() {
-                    all = false;
-                    dirty_left += dirty_free_bytes(seg);
-                }
+                all &= release_free_pages(seg, aged_only).is_ok();
+                dirty_left += dirty_free_bytes(seg);
             }
         }
         self.dirty_pages = dirty_left;
@@ -985,7 +1007,7 @@ impl HeapSegs {
     fn trim(&mut self) -> bool {
         let had_dirty = self.dirty_pages > 0;
         let freed = self.trim_empty(0);
-        let all = self.release_all_free_pages();
+        let all = self.release_free_pages(false);
         freed || (had_dirty && all)
     }
 
@@ -1027,12 +1049,16 @@ fn dirty_free_bytes(seg: &Segment) -> usize {
     bytes
 }
 
-/// Releases (madvise) the memory of the free pages of `seg` that have been used; those
-/// released count as fresh (zeroed) again. The caller must own `seg`'s page bookkeeping (its
-/// heap's segment lock, or the abandoned list's lock). Ok(true) if any page was released;
-/// Err if a release failed (those pages stay dirty: their memory is neither zero nor fresh).
-fn release_free_pages(seg: &Segment) -> Result<bool, ()> {
-    let mut bits = seg.free_mask.get() & !seg.fresh_mask.get();
+/// Releases (madvise) the memory of the free pages of `seg` that have been used (with
+/// `aged_only`, those that were so at the last timed release already; the others become
+/// aged); those released count as fresh (zeroed) again. The caller must own `seg`'s page
+/// bookkeeping (its heap's segment lock, or the abandoned list's lock). Ok(true) if any
+/// page was released; Err if a release failed (those pages stay dirty: their memory is
+/// neither zero nor fresh).
+fn release_free_pages(seg: &Segment, aged_only: bool) -> Result<bool, ()> {
+    let dirty = seg.free_mask.get() & !seg.fresh_mask.get();
+    let mut bits = if aged_only { dirty & seg.aged_mask.get() } else { dirty };
+    seg.aged_mask.set(dirty & !bits);
     let (mut released, mut failed) = (0u64, false);
     while bits != 0 {
         let i = bits.trailing_zeros() as usize;
@@ -1323,7 +1349,8 @@ fn scan_heaps(force: bool) -> Scan {
             scan.released |= segs.trim();
         } else if idle {
             let had_dirty = segs.dirty_pages > 0;
-            scan.released |= segs.release_all_free_pages() && had_dirty;
+            scan.released |= segs.release_free_pages(true) && had_dirty;
+            scan.more |= segs.dirty_pages > 0;
         } else {
             // Active: look again, since it may go idle (or its thread may end unseen) with
             // memory to give back.
@@ -1360,7 +1387,7 @@ fn trim_abandoned() -> bool {
             free_segment(seg);
             released = true;
         } else {
-            released |= release_free_pages(seg).unwrap_or(false);
+            released |= release_free_pages(seg, false).unwrap_or(false);
         }
     }
     released

@@ -89,6 +89,9 @@ pub struct Segment {
     /// Bit i set: page i reads as zero (never used since the segment came zeroed from the
     /// arena, or released since): its blocks need no clearing for calloc.
     pub fresh_mask: Cell<u64>,
+    /// Bit i set: page i was free and dirty at the last timed release; if it still is at the
+    /// next one, it has been free for a whole purge delay and is released then.
+    pub aged_mask: Cell<u64>,
     /// Length of the span in segments (1 but for huge spans).
     pub span_segments: usize,
     /// The heap profiler's two words for a sampled huge block (zero: not a sample).
@@ -212,6 +215,7 @@ impl Segment {
         let i = if used_before != 0 { used_before } else { free }.trailing_zeros() as usize;
         self.free_mask.set(free & !(1 << i));
         self.fresh_mask.set(fresh_mask & !(1 << i));
+        self.aged_mask.set(self.aged_mask.get() & !(1 << i));
         self.used_pages.set(self.used_pages.get() + 1);
         let fresh = fresh_mask & (1 << i) != 0;
         let len = self.page_area(i).1 as isize;

@@ -74,7 +74,7 @@ mod tests {
         for c in 1..NCLASSES {
             let (lo, hi) = (class_size(c - 1), class_size(c));
             assert!(hi > lo && hi % 16 == 0);
-            if lo >= 128 && lo < 8192 {
+            if (128..8192).contains(&lo) {
                 assert!(hi * 8 <= lo * 9, "classes {lo} and {hi} are more than 12.5% apart");
             } else if lo >= 64 {
                 assert!(hi * 4 <= lo * 5, "classes {lo} and {hi} are more than 25% apart");

@@ -18,6 +18,7 @@
 //!   tidemalloc's pre-fork handler holds its locks;
 //! - `thread_exit.c`: 2000 threads exiting with live blocks, racing exits, key destructors
 //!   that allocate after tidemalloc's exit handler;
+//! - `tiny.c`: tidemalloc's fixed cost in a tiny process stays under 800 kB;
 //! - `late_thread.c`: 2000 threads whose first allocation comes in the last destructor round
 //!   leave neither RSS nor break behind;
 //! - `abort.c`: misuse dies by SIGABRT with a message naming tidemalloc, free and the pointer;
@@ -375,6 +376,37 @@ fn threads_first_allocating_in_the_last_destructor_round() {
     let bin = compile("late_thread.c", Via::Preload);
     let r = exec(&bin, &[], Via::Preload, 120);
     assert_passed(&r, "late_thread", "late_thread: ok");
+}
+
+// ---- tiny.c ----
+
+/// What tidemalloc adds to a tiny process: its library's pages, the ones of libc and libgcc
+/// it makes resident, its metadata. Bounded, so that a dependency or start-up work that adds
+/// hundreds of KB is caught (loading libm cost 310 KB before the sampler had its own `ln`).
+#[test]
+fn fixed_cost_of_a_tiny_process() {
+    if !gcc("fixed_cost_of_a_tiny_process") {
+        return;
+    }
+    let bin = compile("tiny.c", Via::Preload);
+    let peak = |preload: bool| -> i64 {
+        let mut cmd = Command::new(&bin);
+        clean_env(&mut cmd);
+        if preload {
+            cmd.env("LD_PRELOAD", &lib().so);
+        }
+        let r = run(&mut cmd, Duration::from_secs(30));
+        assert!(r.success(), "tiny failed:\n{}", r.tail(10));
+        r.stdout.trim().parse().expect("VmHWM in kB")
+    };
+    let median = |preload: bool| {
+        let mut v: Vec<i64> = (0..5).map(|_| peak(preload)).collect();
+        v.sort();
+        v[2]
+    };
+    let (glibc, tide) = (median(false), median(true));
+    eprintln!("tiny process peak RSS: {glibc} kB under glibc, {tide} kB under tidemalloc");
+    assert!(tide - glibc < 800, "tidemalloc adds {} kB to a tiny process (limit 800)", tide - glibc);
 }
 
 // ---- abort.c ----
