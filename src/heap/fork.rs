@@ -1,0 +1,128 @@
+//! The fork handlers: with other threads alive, every global lock is taken before `fork`
+//! and released after it in parent and child; in the child, the heaps of the threads that
+//! did not come along are abandoned. Calls into `mod.rs`, `life` and `collect` (it takes
+//! every lock); only `life` refers to it, to register the handlers.
+
+use super::collect::ABANDONED;
+use super::life::{BACKUP, META, SAMPLES, for_each_heap, segs_of};
+use super::{Heap, current};
+use crate::arena;
+use crate::os;
+use core::cell::Cell;
+use core::ptr;
+use core::sync::atomic::Ordering;
+
+// ---- fork ----
+//
+// With other threads alive, the pre-fork handler takes every global lock, so the child copies
+// no half-updated structure, and the parent and child handlers release them. A signal handler
+// may call fork() while its thread is inside fork() or inside malloc (glibc supports this in a
+// single-threaded process); the handlers must neither wait for a lock their own thread holds
+// nor release one an outer level still needs:
+// - A single-threaded process takes no lock (as glibc does): nothing can race the forking
+//   thread but code it interrupted, and a lock that code holds would be waited for forever.
+//   The child then resets every lock: one that is held was held by the interrupted code,
+//   which does not run in the child (unless the handler returns there), and the child's own
+//   malloc and free must not wait for it.
+// - A multi-threaded process blocks signals from the pre-fork handler until the parent or
+//   child handler, so no signal handler can fork on this thread while it holds the locks.
+//   (A handler that interrupts malloc in a multi-threaded process and forks is not
+//   supported, as with glibc: the other threads may wait for what the interrupted code holds.)
+
+thread_local! {
+    /// While this thread holds the fork locks (from the pre-fork handler of a multi-threaded
+    /// fork to its parent or child handler): the signal mask to restore. None otherwise. No
+    /// other level of fork can start on this thread while it is Some (signals are blocked),
+    /// so one slot suffices.
+    static FORK_HELD: Cell<Option<libc::sigset_t>> = const { Cell::new(None) };
+}
+
+pub(super) extern "C" fn fork_prepare() {
+    if os::is_single_threaded() {
+        return;
+    }
+    let mask = os::block_signals();
+    // The same order as everywhere else: backup heap, heap memory (no heap is created while
+    // it is held), every heap's segments (so no segment list is half updated in the child),
+    // abandoned list, arena, large blocks.
+    crate::lock::hold(&BACKUP);
+    crate::lock::hold(&SAMPLES);
+    crate::lock::hold(&META);
+    for_each_heap(|h| crate::lock::hold(segs_of(h)));
+    crate::lock::hold(&ABANDONED);
+    arena::lock_for_fork();
+    crate::large::lock_for_fork();
+    FORK_HELD.set(Some(mask));
+}
+
+pub(super) extern "C" fn fork_parent() {
+    // A single-threaded fork took nothing: whatever is held belongs to code this thread's
+    // signal handler interrupted, which goes on when the handler returns.
+    if let Some(mask) = FORK_HELD.take() {
+        // SAFETY: fork_prepare took all of them on this thread (FORK_HELD says so).
+        unsafe { release_fork_locks() };
+        os::set_signal_mask(&mask);
+    }
+}
+
+pub(super) extern "C" fn fork_child() {
+    let held = FORK_HELD.take();
+    // A single-threaded fork from a signal handler that interrupted the arena: its state
+    // may be half updated (see `arena::forget_free_spans`).
+    let arena_interrupted = held.is_none() && arena::is_busy();
+    // SAFETY: multi-threaded: fork_prepare took every lock on this thread, which is the
+    // child's only thread. Single-threaded: a held lock was held by code of this thread that
+    // a signal handler interrupted; in the child that code does not run again unless the
+    // handler returns (then the child has the heap in whatever state the interrupted code
+    // left it, as with glibc), and releasing a free lock is a no-op.
+    unsafe { release_fork_locks() };
+    if let Some(h) = current() {
+        h.set_owner(os::kernel_tid(), os::getpid()); // the child's ids
+    }
+    if let Some(mask) = held {
+        abandon_other_heaps();
+        crate::prof::after_fork_child();
+        os::set_signal_mask(&mask);
+    }
+    if arena_interrupted {
+        arena::forget_free_spans();
+    }
+}
+
+/// In a fork child only the forking thread exists: every other thread's heap is dead. Its
+/// segments are abandoned (so frees into them take the cross-thread path and the next heap
+/// needing pages adopts them) — new threads of the child may get a dead thread's id, and
+/// must not find its segments owned by them.
+fn abandon_other_heaps() {
+    let me = current().map_or(ptr::null_mut(), |h| h as *const Heap as *mut Heap);
+    for_each_heap(|h| {
+        // SAFETY: in the child no other thread exists, so heaps other than ours are unused.
+        let heap = unsafe { &*h };
+        if h != me && heap.kernel_tid.load(Ordering::Relaxed) != 0 {
+            heap.clear_bins();
+            heap.segs().lock().abandon_all();
+            heap.set_owner(0, 0);
+            let mut m = META.lock();
+            heap.next_free.set(m.pool);
+            m.pool = h;
+        }
+    });
+}
+
+/// Releases every global lock.
+///
+/// # Safety
+/// Each lock is held by `fork_prepare` on this thread, or this is a fork child where no guard
+/// of a held lock will be used.
+unsafe fn release_fork_locks() {
+    // SAFETY: per the contract, each lock is held with no guard alive.
+    unsafe {
+        crate::large::unlock_after_fork();
+        arena::unlock_after_fork();
+        crate::lock::force_unlock(&ABANDONED);
+        for_each_heap(|h| crate::lock::force_unlock(segs_of(h)));
+        crate::lock::force_unlock(&META);
+        crate::lock::force_unlock(&SAMPLES);
+        crate::lock::force_unlock(&BACKUP);
+    }
+}

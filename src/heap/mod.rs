@@ -1,0 +1,407 @@
+//! Layer `heap`: one heap per thread, holding a queue of pages per size class and the
+//! segments those pages come from.
+//!
+//! - Fast paths (in `lib.rs`): malloc pops the first page's `free` list; a same-thread free
+//!   pushes on the page's `local_free`. Neither takes a lock or does an atomic
+//!   read-modify-write.
+//! - Slow path ([`Heap::alloc_slow`]): looks in a few pages of the queue for freed blocks
+//!   (own and cross-thread) or room to carve (full pages rotate to the back), else takes a
+//!   free page: from the heap's own segments, from a segment abandoned by an exited thread,
+//!   or from a new segment from the arena.
+//! - A page that empties goes back to its segment (unless it is its class's only page), where
+//!   any size class of the same kind can take it; its memory stays resident for the purge
+//!   delay, then is released. A segment that empties goes back to the arena, but for one kept
+//!   per kind against churn.
+//! - The segment side of a heap (`HeapSegs`) sits behind a lock that only slow paths take, so
+//!   `trim` on any thread (and `fork`) can reach every heap's free memory.
+//! - Thread exit (a pthread key destructor): pages are collected, segments that still hold
+//!   live blocks are abandoned to a global list and adopted by the next heap that needs a
+//!   page, so thread churn strands no memory. Allocations the thread makes after that (from
+//!   other destructors) use a lock-protected backup heap.
+//!
+//! Heaps live in memory from `os` (never the Rust allocator) and are recycled, never freed.
+//!
+//! The files: this one holds the `Heap`, its allocation and free paths (slow path, page
+//! search, fresh pages, the owner's free), the calling thread's heap (`current`,
+//! `with_heap`) and the page marks of fresh blocks. `segs`: the segment side of one heap.
+//! `life`: global state and the life of heaps (creation, thread exit, reaping). `fork`: the
+//! fork handlers. `collect`: what collects memory across heaps (abandoned segments, scans of
+//! other threads' heaps, `trim`, the timers). `huge`: huge spans. `check`: the invariant
+//! check of debug builds. Calls go from this file into the others (`segs` for pages,
+//! `collect` for the timers and abandoned segments, `life` for a heap on the cold path);
+//! they call back into it only for the calling thread's heap (`current`, the TLS word) and a
+//! heap's own state (`Heap::segs`, `release_empty_pages`, `purge_pages_if_due`,
+//! `restart_sample_clock`).
+
+#[cfg(debug_assertions)]
+mod check;
+mod collect;
+mod fork;
+mod huge;
+mod life;
+mod segs;
+
+#[cfg(debug_assertions)]
+pub use check::check_invariants;
+pub use collect::{note_remote_free, purge_if_due, scan_idle_heaps, trim};
+pub use huge::{alloc_huge, free_huge};
+pub use life::{SAMPLE_TID, current_or_create, ensure_init, pending_in_use, with_sample_heap};
+
+use crate::list::{List, Node};
+use crate::lock::Lock;
+use crate::options::{self, Opt};
+use crate::os;
+use crate::page::{Block, Page};
+use crate::segment::{self, Kind, Segment};
+use crate::size_class::{NCLASSES, class_size};
+use crate::stats::{self, LocalInUse};
+use collect::{ABANDONED_COUNT, collect_abandoned, pop_abandoned};
+use core::cell::Cell;
+use core::ptr;
+use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering};
+use life::{is_locked_heap, with_heap_slow};
+use segs::{HeapSegs, free_segment};
+
+/// Pages of a size-class queue the slow path examines before taking a fresh page.
+const SEARCH_LIMIT: usize = 8;
+/// Abandoned segments adopted per fresh-page request, at most.
+const RECLAIM_LIMIT: usize = 4;
+
+/// Pages of one size class, the one to allocate from first.
+pub type PageQueue = List<Page>;
+
+/// A thread's heap: the owner's private state, touched only by the owning thread (other
+/// threads read `in_use`, `segs` and `next_all`, so the heap is only reached through shared
+/// references and the owner's fields are `Cell`s).
+#[repr(C)]
+pub struct Heap {
+    /// Queues of pages, one per size class (hot: first in the struct).
+    pub bins: [PageQueue; NCLASSES],
+    /// The owning thread's `os::thread_id`.
+    pub thread_id: Cell<usize>,
+    /// Bytes handed out and given back, and the profiler's sampling clock (its sample point
+    /// is never reached with profiling off, nor in the backup heap).
+    pub in_use: LocalInUse,
+    /// The profiler's random state (sample spacing).
+    rng: Cell<u64>,
+    /// The segments this heap owns; a separate object so `trim` can reach it from any thread.
+    segs: *const Lock<HeapSegs>,
+    /// When the free pages of partly used segments are to be released (ms), 0 when none is
+    /// pending.
+    pages_purge_at: Cell<u64>,
+    /// Next heap ever created (for merging counters and trimming); never changes once set.
+    next_all: AtomicPtr<Heap>,
+    /// Next heap in the pool of recycled heaps.
+    next_free: Cell<*mut Heap>,
+    /// Slow paths the owner has taken (only the owner writes it): a collector that finds it
+    /// unchanged since its last look knows the heap took none in between.
+    slow_paths: AtomicU32,
+    /// The owner's kernel thread id, 0 while no thread owns the heap (pooled, locked heaps),
+    /// and its process id: how a collector tells a thread that ended without its exit handler
+    /// (see `reap_if_gone`).
+    kernel_tid: AtomicI32,
+    pid: AtomicI32,
+}
+
+/// The heap that owns `seg` (null if none).
+#[inline(always)]
+pub fn owner_of(seg: &Segment) -> *mut Heap {
+    seg.heap.get().cast()
+}
+
+/// This thread's heap (the word in `tls`): null before its first allocation, `DEAD` after
+/// its exit handler.
+#[inline(always)]
+fn thread_heap() -> *mut Heap {
+    crate::tls::get().cast()
+}
+
+fn set_thread_heap(h: *mut Heap) {
+    crate::tls::set(h.cast());
+}
+
+const DEAD: *mut Heap = ptr::dangling_mut::<Heap>();
+
+/// The calling thread's heap, if it has a live one.
+#[inline(always)]
+pub fn current() -> Option<&'static Heap> {
+    let h = thread_heap();
+    // SAFETY: a TLS value above DEAD is this thread's heap, which lives forever.
+    if (h as usize) > DEAD as usize { Some(unsafe { &*h }) } else { None }
+}
+
+/// Runs `f` on the calling thread's heap, or on the backup heap (under its lock) for a thread
+/// that has exited or could not get a heap. None if no heap could be had at all.
+#[inline]
+pub fn with_heap<R>(f: impl FnOnce(&Heap) -> R) -> Option<R> {
+    if let Some(h) = current() {
+        return Some(f(h));
+    }
+    with_heap_slow(f)
+}
+
+// ---- allocation ----
+
+impl Heap {
+    /// The segment side of this heap.
+    fn segs(&self) -> &'static Lock<HeapSegs> {
+        // SAFETY: set at creation to the lock beside the heap, which lives forever.
+        unsafe { &*self.segs }
+    }
+
+    /// Slow path of small allocation: finds a page of `class` with a free block and pops it.
+    /// With `zero` the block reads as zeros. Null when out of memory.
+    #[cold]
+    #[inline(never)]
+    pub fn alloc_slow(&self, class: usize, zero: bool, sampled: impl FnOnce(&Page, *mut Block) -> *mut u8) -> *mut u8 {
+        self.slow_paths.store(self.slow_paths.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        self.in_use.flush();
+        purge_if_due(Some(self));
+        // Under the segment lock: a collector of remote frees (`scan_heaps`) relies on `free`
+        // becoming non-empty only there.
+        let page = self.find_page(&mut self.segs().lock(), class);
+        let Some(page) = page else { return ptr::null_mut() };
+        // SAFETY: `find_page` returns a page of ours whose `free` has a block.
+        unsafe { self.pop_from(page, page.free_head(), zero, sampled) }
+    }
+
+    /// Releases the free pages of our partly used segments once they have been free for the
+    /// purge delay, so RSS follows the live set.
+    pub fn purge_pages_if_due(&self) {
+        let at = self.pages_purge_at.get();
+        if at != 0 && os::now_ms() >= at {
+            self.pages_purge_at.set(0);
+            let mut segs = self.segs().lock();
+            // Free pages not yet free for a whole delay, and pages whose release failed (the
+            // memory is locked), are tried again after another delay.
+            if !segs.release_free_pages(true) || segs.dirty_pages > 0 {
+                drop(segs);
+                self.schedule_page_purge();
+            }
+        }
+    }
+
+    /// Makes sure the free pages of our segments are released within the purge delay.
+    fn schedule_page_purge(&self) {
+        if self.pages_purge_at.get() == 0 {
+            self.pages_purge_at.set(os::now_ms() + options::get(Opt::PurgeDelay) as u64);
+        }
+    }
+
+    /// Moves the sample point out of reach while a sample is being taken.
+    pub fn pause_sampling(&self) {
+        self.in_use.set_sample_distance(stats::NO_SAMPLE);
+    }
+
+    /// Draws the next sample point (after a sample, or when the heap starts).
+    pub fn restart_sample_clock(&self) {
+        if crate::prof::enabled() && !is_locked_heap(self.thread_id.get()) {
+            self.in_use.set_sample_distance(crate::prof::interval(&self.rng));
+        }
+    }
+
+    /// Charges `n` bytes allocated outside the heap's pages (large blocks, huge spans) to the
+    /// sampling clock. True if that reached the sample point.
+    pub fn charge_cold(&self, n: usize) -> bool {
+        self.in_use.charge(n)
+    }
+
+    /// Pops `b`, the first block of `page`'s `free`, and zeroes it if asked. If the block
+    /// reaches the sampling clock's next point, returns what `sampled` makes of the block
+    /// instead (not zeroed).
+    ///
+    /// # Safety
+    /// `page` is ours and `b` is its `free_head()`, not null.
+    #[inline(always)]
+    pub unsafe fn pop_from(
+        &self,
+        page: &Page,
+        b: *mut Block,
+        zero: bool,
+        sampled: impl FnOnce(&Page, *mut Block) -> *mut u8,
+    ) -> *mut u8 {
+        debug_assert!(!b.is_null());
+        // Read before the pop: the flag speaks of the blocks on `free`.
+        let is_zero = zero && page.free_is_zero();
+        // SAFETY: per the contract.
+        unsafe { page.pop_head(b) };
+        if self.in_use.alloc(page.block_size()) {
+            return sampled(page, b);
+        }
+        if zero {
+            // SAFETY: `b` is a block of `block_size` bytes we just took; `pop` cleared its
+            // second word.
+            unsafe {
+                if is_zero {
+                    (*b).next = ptr::null_mut();
+                } else {
+                    ptr::write_bytes(b.cast::<u8>(), 0, page.block_size());
+                }
+            }
+        }
+        b.cast()
+    }
+
+    /// A page of `class` with a free block, moved to the front of its queue.
+    fn find_page(&self, segs: &mut HeapSegs, class: usize) -> Option<&'static Page> {
+        let queue = &self.bins[class];
+        let mut p = queue.first();
+        for _ in 0..SEARCH_LIMIT {
+            if p.is_null() {
+                break;
+            }
+            // SAFETY: pages in our queues are live descriptors of segments we own.
+            let page = unsafe { &*p };
+            let next = page.next.get();
+            if page.collect() || page.extend() {
+                queue.move_front(page);
+                return Some(page);
+            }
+            queue.move_back(page);
+            p = next;
+        }
+        let page = self.fresh_page(segs, class)?;
+        page.extend();
+        Some(page)
+    }
+
+    /// Takes a free page for `class` and puts it at the front of the class queue.
+    fn fresh_page(&self, segs: &mut HeapSegs, class: usize) -> Option<&'static Page> {
+        let bs = class_size(class);
+        let kind = Kind::for_block(bs);
+        let seg = match segs.with_free_page(kind) {
+            Some(seg) => seg,
+            // Locked heaps adopt nothing: abandoned segments are for live threads, which
+            // collect and give back their memory on their own slow paths.
+            None => match if is_locked_heap(self.thread_id.get()) { None } else { self.reclaim(segs, kind) } {
+                Some(seg) => seg,
+                None => segs.new_segment(kind, self)?,
+            },
+        };
+        let (i, fresh) = segs.take_page(seg)?;
+        let (area, len) = seg.page_area(i);
+        let page = &seg.pages[i];
+        page.init(class as u8, bs, area, len / bs, fresh);
+        self.bins[class].push_front(page);
+        Some(page)
+    }
+
+    /// Adopts segments abandoned by exited threads (a few at most) into `segs`, queueing
+    /// their pages in our bins; returns one of `kind` with a free page if it found one.
+    fn reclaim(&self, segs: &mut HeapSegs, kind: Kind) -> Option<&'static Segment> {
+        for _ in 0..RECLAIM_LIMIT {
+            if ABANDONED_COUNT.load(Ordering::Relaxed) == 0 {
+                return None;
+            }
+            let seg = pop_abandoned()?;
+            // Collect what other threads freed while the segment had no owner.
+            let live = collect_abandoned(seg);
+            if seg.used_pages.get() == 0 {
+                free_segment(seg);
+                continue;
+            }
+            segs.adopt(seg, self);
+            let mut bits = live;
+            while bits != 0 {
+                let i = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let page = &seg.pages[i];
+                self.bins[page.class()].push_front(page);
+            }
+            if seg.kind == kind && seg.free_mask.get() != 0 {
+                return Some(seg);
+            }
+        }
+        None
+    }
+
+    // ---- freeing (owner side) ----
+
+    /// The owner's free, after the fast path checked that `b` is a carved block of `page`, a
+    /// page of one of our segments. False, changing nothing, if `b` is free already.
+    ///
+    /// # Safety
+    /// As stated; the caller is the owner.
+    #[inline(always)]
+    pub unsafe fn free_local(&self, page: &Page, b: *mut Block) -> bool {
+        // SAFETY: per the contract.
+        if unsafe { !page.push_local(b) } {
+            return false;
+        }
+        self.in_use.free(page.block_size());
+        // An empty page that is its class's only page stays (checked here, not in a call:
+        // a single block allocated and freed over and over must stay on the fast path).
+        if page.used() == 0 && !PageQueue::is_alone(page) {
+            self.page_emptied(page);
+        }
+        true
+    }
+
+    /// A page of ours has no block in use: give it back to its segment unless it is the
+    /// only page of its size class (then it is kept against alloc/free churn).
+    #[cold]
+    #[inline(never)]
+    fn page_emptied(&self, page: &Page) {
+        let _errno = os::ErrnoGuard::new();
+        self.give_back_page(&mut self.segs().lock(), page);
+        self.schedule_page_purge();
+    }
+
+    /// Takes `page` (ours, empty) out of its queue and gives it back to its segment.
+    fn give_back_page(&self, segs: &mut HeapSegs, page: &Page) {
+        let area = page.area();
+        self.bins[page.class()].unlink(page);
+        // SAFETY: the page's segment is live and ours.
+        let seg = unsafe { &*(segment::segment_base(area) as *const Segment) };
+        segs.release_page(seg, seg.page_index(area));
+    }
+
+    /// Gives every page of ours with no block in use back to its segment, even the only page
+    /// of a size class (which the free path keeps). True if any was given back.
+    fn release_empty_pages(&self) -> bool {
+        let _errno = os::ErrnoGuard::new();
+        let mut released = false;
+        let mut segs = self.segs().lock();
+        for queue in &self.bins {
+            let mut p = queue.first();
+            while !p.is_null() {
+                // SAFETY: pages in our queues are live descriptors in segments we own.
+                let page = unsafe { &*p };
+                p = page.next.get();
+                page.collect_thread_free();
+                if page.used() == 0 {
+                    self.give_back_page(&mut segs, page);
+                    released = true;
+                }
+            }
+        }
+        drop(segs);
+        if released {
+            self.schedule_page_purge();
+        }
+        released
+    }
+}
+
+/// Marks the page holding the sample heap's fresh block `b` as handing out pointers 16 bytes
+/// in.
+pub fn mark_sample_headers(b: *mut u8) {
+    // `b` was just allocated from the sample heap, under its lock.
+    let seg = segment::lookup(b).expect("a sampled block lies in a segment");
+    seg.pages[seg.page_index(b)].set_sample_headers();
+}
+
+/// Marks the page holding the freshly allocated block at `p` as handing out offset
+/// pointers. Called by the block's allocating thread before anyone else knows the block.
+pub fn mark_aligned(p: *mut u8) {
+    // `p` was just allocated from a live segment by the calling thread (or under the backup
+    // heap's lock), so its page is ours to change.
+    let seg = segment::lookup(p).expect("an aligned block lies in a segment");
+    seg.pages[seg.page_index(p)].set_has_aligned();
+}
+
+impl Node for Page {
+    fn links(&self) -> (&Cell<*mut Self>, &Cell<*mut Self>) {
+        (&self.prev, &self.next)
+    }
+}
