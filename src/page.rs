@@ -95,35 +95,48 @@ const DIV_SHIFT: u32 = 44;
 const EXTEND_BYTES: usize = 4096;
 
 /// Descriptor of one page; lives in its segment's header, never in the page itself.
-#[repr(C)]
+///
+/// Two cache lines: the first holds what the owner's malloc and free write (the lists, the
+/// count, the queue links), the second what other threads' frees read and write (the block
+/// geometry, `thread_free`). Sharing one line, every remote free's compare-and-swap took the
+/// line from under the owner's next malloc.
+#[repr(C, align(64))]
 pub struct Page {
+    // ---- written by the owner on its fast paths ----
     /// Blocks ready to allocate (the owner pops; a collector of remote frees reads it).
     free: AtomicPtr<Block>,
+    /// Blocks the owner freed (the owner pushes; a collector of remote frees reads it).
+    local_free: AtomicPtr<Block>,
+    /// Links in the owning heap's queue for this size class (owner only).
+    pub next: Cell<*mut Page>,
+    pub prev: Cell<*mut Page>,
     /// Blocks handed out and not yet collected back (the owner writes; a collector of remote
     /// frees reads it).
     used: AtomicU32,
-    /// Blocks carved so far (owner writes, a remote free reads).
-    capacity: AtomicU32,
     /// Blocks that fit in the page; 0 while the page is not in use (owner only).
     reserved: Cell<u32>,
     /// `FREE_IS_ZERO | MEM_IS_ZERO | HAS_ALIGNED` (owner writes, a remote free reads).
     flags: AtomicU8,
     /// Size class index (meaningless for huge spans); fixed while in use.
     class: Cell<u8>,
+    /// `block_size` again, in this line: the malloc fast path counts bytes without reading
+    /// the second line.
+    owner_block_size: Cell<usize>,
+    _line: [u8; 8],
+    // ---- read by every free, written by other threads' ----
+    /// Blocks other threads freed (any thread pushes, the owner takes all).
+    thread_free: AtomicPtr<Block>,
     /// Bytes per block; 0 while the page is not in use; fixed while in use.
     block_size: Cell<usize>,
     /// ceil(2^44 / block_size): offset * div_magic >> 44 == offset / block_size.
     div_magic: Cell<u64>,
     /// First byte of the first block; fixed while in use.
     area: Cell<*mut u8>,
-    /// Blocks the owner freed (the owner pushes; a collector of remote frees reads it).
-    local_free: AtomicPtr<Block>,
-    /// Blocks other threads freed (any thread pushes, the owner takes all).
-    thread_free: AtomicPtr<Block>,
-    /// Links in the owning heap's queue for this size class (owner only).
-    pub next: Cell<*mut Page>,
-    pub prev: Cell<*mut Page>,
+    /// Blocks carved so far (owner writes, a remote free reads).
+    capacity: AtomicU32,
 }
+
+const _: () = assert!(core::mem::size_of::<Page>() == 128 && core::mem::offset_of!(Page, thread_free) == 64);
 
 impl Page {
     /// Sets up an unused page to hold `reserved` blocks of `block_size` bytes from `area`.
@@ -138,6 +151,7 @@ impl Page {
         self.flags.store(if mem_is_zero { MEM_IS_ZERO } else { 0 }, Ordering::Relaxed);
         self.class.set(class);
         self.block_size.set(block_size);
+        self.owner_block_size.set(block_size);
         self.div_magic.set((1u64 << DIV_SHIFT).div_ceil(block_size as u64));
         self.area.set(area);
         self.next.set(ptr::null_mut());
@@ -152,6 +166,7 @@ impl Page {
         let carved = self.capacity.load(Ordering::Relaxed) as usize * self.block_size.get();
         stats::gauge_add(Gauge::CarvedBytes, -(carved as isize));
         self.block_size.set(0);
+        self.owner_block_size.set(0);
         self.reserved.set(0);
         self.capacity.store(0, Ordering::Relaxed);
         self.flags.store(0, Ordering::Relaxed);
@@ -164,6 +179,12 @@ impl Page {
     #[inline(always)]
     pub fn block_size(&self) -> usize {
         self.block_size.get()
+    }
+
+    /// `block_size`, for the owner's fast paths (from the owner's cache line).
+    #[inline(always)]
+    pub fn owner_block_size(&self) -> usize {
+        self.owner_block_size.get()
     }
 
     pub fn class(&self) -> usize {

@@ -21,7 +21,7 @@ pub const SEGMENT_SHIFT: u32 = 22;
 pub const SEGMENT_SIZE: usize = 1 << SEGMENT_SHIFT;
 pub const SEGMENT_MASK: usize = SEGMENT_SIZE - 1;
 /// Bytes at the start of each segment taken by its header; page 0's blocks start here.
-pub const HEADER_SIZE: usize = 8 << 10;
+pub const HEADER_SIZE: usize = 16 << 10;
 /// Most pages in one segment.
 pub const MAX_PAGES: usize = 64;
 

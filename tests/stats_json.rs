@@ -21,6 +21,8 @@ use common::{describe, is_child, rss, run_child_env};
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
 const SEGMENT: usize = 4 * MIB;
+/// A segment's header (its page descriptors): the start of page 0.
+const HEADER: usize = 16 * KIB;
 
 /// `stats_json` parsed.
 fn json() -> Value {
@@ -51,10 +53,10 @@ fn check_sums(s: &Stats) {
     assert!(s.arena_other < 2 * SEGMENT, "{} bytes of the arena unaccounted for: {s:#?}", s.arena_other);
     assert_eq!(
         s.page_bytes + s.free_pages_dirty + s.free_pages_clean,
-        s.segments * (SEGMENT - 8 * KIB),
+        s.segments * (SEGMENT - HEADER),
         "pages in use and free pages make the segments: {s:#?}"
     );
-    assert_eq!(s.meta_segment_headers, (s.segments + s.huge_blocks) * 8 * KIB);
+    assert_eq!(s.meta_segment_headers, (s.segments + s.huge_blocks) * HEADER);
     let small = s.in_use - s.large_bytes - s.huge_bytes;
     assert_eq!(small + s.free_in_pages, s.page_bytes, "live small blocks and free room make the pages: {s:#?}");
     assert!(s.uncarved_in_pages <= s.free_in_pages, "{s:#?}");
@@ -195,7 +197,7 @@ fn a_huge_block_is_counted_as_one() {
     let s1 = stats();
     check_sums(&s1);
     assert_eq!(s1.huge_blocks, s0.huge_blocks + 1);
-    assert_eq!(s1.huge_bytes, s0.huge_bytes + SEGMENT - 8 * KIB);
+    assert_eq!(s1.huge_bytes, s0.huge_bytes + SEGMENT - HEADER);
     // SAFETY: live, freed once.
     unsafe { free(p) };
     let s2 = stats();

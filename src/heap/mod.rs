@@ -223,9 +223,10 @@ impl Heap {
         debug_assert!(!b.is_null());
         // Read before the pop: the flag speaks of the blocks on `free`.
         let is_zero = zero && page.free_is_zero();
+        let bs = page.owner_block_size();
         // SAFETY: per the contract.
         unsafe { page.pop_head(b) };
-        if self.in_use.alloc(page.block_size()) {
+        if self.in_use.alloc(bs) {
             return sampled(page, b);
         }
         if zero {
@@ -235,7 +236,7 @@ impl Heap {
                 if is_zero {
                     (*b).next = ptr::null_mut();
                 } else {
-                    ptr::write_bytes(b.cast::<u8>(), 0, page.block_size());
+                    ptr::write_bytes(b.cast::<u8>(), 0, bs);
                 }
             }
         }
