@@ -202,13 +202,23 @@ fn instructions_report(root: &Path, out: &Path, allocs: &[Alloc]) {
         allocs.iter().filter(|a| a.env.is_empty()).map(|a| (a.name.clone(), a.preload.clone())).collect();
     let table = instr::Table::measure(&bin, &list);
     println!("\ninstructions per operation (callgrind; the loop included):\n\n{}", table.text());
+    let (system, tide) = instr::build_rust(root, out).unwrap_or_else(|e| die(&e));
+    let rust = instr::Table::measure_rust(&system, &tide, &list);
+    println!("the same through Rust's global allocator (rust-ops):\n\n{}", rust.text());
     let append = |name: &str, text: String| {
         let path = out.join(name);
         let mut f = fs::OpenOptions::new().append(true).open(&path).expect("open the report");
         f.write_all(text.as_bytes()).expect("append to the report");
     };
-    append("results.md", format!("\n## Instructions per operation (callgrind)\n\n{}", table.markdown()));
-    append("results.csv", format!("\n{}", table.csv()));
+    append(
+        "results.md",
+        format!(
+            "\n## Instructions per operation (callgrind)\n\n{}\nThrough Rust's global allocator (`rust-ops`):\n\n{}",
+            table.markdown(),
+            rust.markdown()
+        ),
+    );
+    append("results.csv", format!("\n{}\n{}", table.csv(), rust.csv()));
     println!("appended to {0}/results.md and {0}/results.csv", out.display());
 }
 

@@ -46,7 +46,16 @@ fn main() {
     let table = instr::Table::measure(&bin, &allocs);
     println!("instructions per operation (callgrind; the loop included):\n");
     println!("{}", table.text());
-    std::fs::write(out.join("instructions.md"), table.markdown()).expect("write instructions.md");
-    std::fs::write(out.join("instructions.csv"), table.csv()).expect("write instructions.csv");
+    let (system, tide) = instr::build_rust(&root, &out).unwrap_or_else(|e| panic!("{e}"));
+    let rust = instr::Table::measure_rust(&system, &tide, &allocs);
+    println!("the same through Rust's global allocator (rust-ops):\n");
+    println!("{}", rust.text());
+    std::fs::write(
+        out.join("instructions.md"),
+        format!("{}\nThrough Rust's global allocator (`rust-ops`):\n\n{}", table.markdown(), rust.markdown()),
+    )
+    .expect("write instructions.md");
+    std::fs::write(out.join("instructions.csv"), format!("{}\n{}", table.csv(), rust.csv()))
+        .expect("write instructions.csv");
     println!("written: {0}/instructions.md, {0}/instructions.csv", out.display());
 }

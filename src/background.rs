@@ -1,6 +1,7 @@
 //! The opt-in background purge (`TIDEMALLOC_BACKGROUND_PURGE=1`): a thread that runs the
-//! timed releases every half purge delay, so a program that goes idle still gives back
-//! what it freed (without it, releases run on the slow paths of threads that call in).
+//! timed releases every half purge delay and scans the heaps every scan period, so a program
+//! that goes idle still gives back what it freed (without it, releases run on the slow paths
+//! of threads that call in).
 //!
 //! - Started lazily, from the slow path of a thread's own heap with no lock held: creating
 //!   a thread allocates (its TLS vector), and that allocation must find nothing held. Not
@@ -80,7 +81,7 @@ extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
         let now = os::now_ms();
         if now >= next_scan {
             heap::scan_idle_heaps();
-            next_scan = now + delay;
+            next_scan = now + heap::scan_period();
         }
     }
 }

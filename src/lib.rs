@@ -513,7 +513,7 @@ fn free_remote(seg: &segment::Segment, page: &page::Page, b: *mut Block, p: *mut
     if unsafe { !page.push_thread(b) } {
         bad_free(b, p);
     }
-    heap::note_remote_free();
+    heap::note_remote_free(seg);
     prof::release(prof::Sample { tag: sample[0], size: sample[1] });
     match heap::current() {
         Some(h) => h.in_use.free(bs),

@@ -15,7 +15,7 @@ use crate::page::Page;
 use crate::stats::{self, Gauge};
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 pub const SEGMENT_SHIFT: u32 = 22;
 pub const SEGMENT_SIZE: usize = 1 << SEGMENT_SHIFT;
@@ -96,6 +96,9 @@ pub struct Segment {
     pub span_segments: usize,
     /// The heap profiler's two words for a sampled huge block (zero: not a sample).
     pub sample: [AtomicUsize; 2],
+    /// Another thread freed a block here since a scan last looked (see `heap::scan_heaps`):
+    /// the scan reads the page descriptors of only such segments.
+    pub remote_frees: AtomicBool,
     /// Links in the owner's list of segments of this kind, or in the abandoned list.
     pub next: Cell<*mut Segment>,
     pub prev: Cell<*mut Segment>,

@@ -37,6 +37,30 @@ pub fn build(root: &Path, out: &Path) -> Result<PathBuf, String> {
     Ok(bin)
 }
 
+/// Builds `rust-ops` (`benches/rust_workload/src/ops.rs`, the same patterns through Rust's
+/// global allocator) twice under `out`: with `System` (glibc, or whatever is preloaded) and
+/// with `TideMalloc`. Returns (system, tide).
+pub fn build_rust(root: &Path, out: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let mut bins = Vec::new();
+    for tide in [false, true] {
+        let dir = out.join(if tide { "rust-tide" } else { "rust-system" });
+        let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        c.current_dir(root.join("benches/rust_workload"))
+            .args(["build", "--release", "--quiet", "--bin", "rust-ops"])
+            .env("CARGO_TARGET_DIR", &dir);
+        if tide {
+            c.args(["--features", "tide"]);
+        }
+        let st = c.status().map_err(|e| format!("cargo: {e}"))?;
+        if !st.success() {
+            return Err(format!("cargo build rust-ops: {st}"));
+        }
+        bins.push(dir.join("release/rust-ops"));
+    }
+    let tide = bins.pop().unwrap();
+    Ok((bins.pop().unwrap(), tide))
+}
+
 /// Whether valgrind runs.
 pub fn have_valgrind() -> bool {
     Command::new("valgrind").arg("--version").output().is_ok_and(|o| o.status.success())
@@ -79,10 +103,31 @@ pub struct Table {
 impl Table {
     /// Measures every pattern under every allocator (`(name, preload)`, None for glibc).
     pub fn measure(bin: &Path, allocs: &[(String, Option<PathBuf>)]) -> Table {
+        let runs: Vec<_> = allocs.iter().map(|(n, p)| (n.clone(), bin.to_path_buf(), p.clone())).collect();
+        Self::measure_runs(&runs)
+    }
+
+    /// The Rust table: `rust-ops` with `System` (glibc, then each peer preloaded) and with
+    /// `TideMalloc` (nothing preloaded). `allocs` as for [`Table::measure`], glibc first and
+    /// tidemalloc second.
+    pub fn measure_rust(system: &Path, tide: &Path, allocs: &[(String, Option<PathBuf>)]) -> Table {
+        let runs: Vec<_> = allocs
+            .iter()
+            .map(|(n, p)| match n.as_str() {
+                "tidemalloc" => ("tidemalloc (TideMalloc)".to_string(), tide.to_path_buf(), None),
+                "glibc" => ("glibc (System)".to_string(), system.to_path_buf(), None),
+                _ => (format!("{n} (System)"), system.to_path_buf(), p.clone()),
+            })
+            .collect();
+        Self::measure_runs(&runs)
+    }
+
+    /// Measures every pattern for every `(name, program, preload)`.
+    pub fn measure_runs(runs: &[(String, PathBuf, Option<PathBuf>)]) -> Table {
         let mut rows = Vec::new();
         for (pattern, _) in PATTERNS {
             let mut row = Vec::new();
-            for (name, preload) in allocs {
+            for (name, bin, preload) in runs {
                 eprint!("\r\x1b[Kinstructions: {pattern} under {name}");
                 match per_op(bin, preload.as_deref(), pattern) {
                     Ok(v) => row.push(Some(v)),
@@ -95,7 +140,7 @@ impl Table {
             rows.push(row);
         }
         eprintln!("\r\x1b[Kinstructions: done");
-        Table { names: allocs.iter().map(|(n, _)| n.clone()).collect(), rows }
+        Table { names: runs.iter().map(|(n, _, _)| n.clone()).collect(), rows }
     }
 
     fn cell(v: Option<f64>) -> String {
@@ -137,15 +182,16 @@ impl Table {
     }
 
     pub fn text(&self) -> String {
+        let widths: Vec<usize> = self.names.iter().map(|n| (n.len() + 2).max(12)).collect();
         let mut s = format!("{:<9}", "pattern");
-        for n in &self.names {
-            s += &format!("{n:>12}");
+        for (n, w) in self.names.iter().zip(&widths) {
+            s += &format!("{n:>w$}");
         }
         s += "\n";
         for ((p, _), row) in PATTERNS.iter().zip(&self.rows) {
             s += &format!("{p:<9}");
-            for v in row {
-                s += &format!("{:>12}", Self::cell(*v));
+            for (v, w) in row.iter().zip(&widths) {
+                s += &format!("{:>w$}", Self::cell(*v));
             }
             s += "\n";
         }

@@ -184,7 +184,11 @@ static REMOTE_FREES: AtomicBool = AtomicBool::new(false);
 /// it may have left entirely free in a heap whose owner does not collect them (it may be
 /// idle). One load when a scan is pending already.
 #[inline]
-pub fn note_remote_free() {
+pub fn note_remote_free(seg: &Segment) {
+    // A load first: the segment header's line stays shared while the flag is set.
+    if !seg.remote_frees.load(Ordering::Relaxed) {
+        seg.remote_frees.store(true, Ordering::Relaxed);
+    }
     if !REMOTE_FREES.load(Ordering::Relaxed) {
         REMOTE_FREES.store(true, Ordering::Relaxed);
         schedule_scan();
@@ -193,9 +197,20 @@ pub fn note_remote_free() {
 
 /// Makes sure other threads' heaps are scanned within the purge delay.
 pub(super) fn schedule_scan() {
-    let at = os::now_ms() + options::get(Opt::PurgeDelay) as u64;
+    let at = os::now_ms() + scan_period();
     let _ = SCAN_AT.compare_exchange(0, at.max(1), Ordering::Relaxed, Ordering::Relaxed);
 }
+
+/// Milliseconds between scans: the purge delay, but at least `SCAN_MIN_MS` (a scan visits
+/// every heap, and checks whether idle heaps' threads are gone).
+pub fn scan_period() -> u64 {
+    (options::get(Opt::PurgeDelay) as u64).max(SCAN_MIN_MS)
+}
+
+const SCAN_MIN_MS: u64 = 250;
+
+/// Idle scans of a heap between two checks that its thread still exists.
+const GONE_CHECK_EVERY: u32 = 8;
 
 /// Scans the other threads' heaps once the purge delay has passed (cheap when not due), and
 /// schedules the next scan while some heap may still hold memory to release.
@@ -249,6 +264,10 @@ fn scan_heaps(force: bool) -> Scan {
         let n = heap.slow_paths.load(Ordering::Relaxed);
         let idle = n == segs.seen_slow_paths;
         segs.seen_slow_paths = n;
+        // Whether its thread exists is asked on its first idle scan and every few after
+        // (one system call each: a process with thousands of idle threads pays it rarely).
+        segs.idle_scans = if idle { segs.idle_scans.wrapping_add(1) } else { 0 };
+        let ask_gone = force || (idle && segs.idle_scans % GONE_CHECK_EVERY == 1);
         if force {
             scan.released |= segs.trim();
         } else if idle {
@@ -261,7 +280,7 @@ fn scan_heaps(force: bool) -> Scan {
             scan.more = true;
         }
         drop(segs);
-        if (idle || force) && META.lock().reap_if_gone(h) {
+        if ask_gone && META.lock().reap_if_gone(h) {
             scan.released = true;
         }
     });

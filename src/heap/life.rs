@@ -226,6 +226,7 @@ impl Meta {
                     dirty_pages: 0,
                     release_failed_at: 0,
                     seen_slow_paths: 0,
+                    idle_scans: 0,
                 }));
                 (*b).heap.segs = ptr::addr_of!((*b).segs);
                 ptr::addr_of_mut!((*b).heap)

@@ -43,7 +43,7 @@ mod segs;
 
 #[cfg(debug_assertions)]
 pub use check::check_invariants;
-pub use collect::{note_remote_free, purge_if_due, scan_idle_heaps, trim};
+pub use collect::{note_remote_free, purge_if_due, scan_idle_heaps, scan_period, trim};
 pub use huge::{alloc_huge, free_huge};
 pub use life::{SAMPLE_TID, current_or_create, ensure_init, pending_in_use, with_sample_heap};
 

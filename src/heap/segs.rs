@@ -37,6 +37,8 @@ pub struct HeapSegs {
     pub(super) release_failed_at: u64,
     /// `Heap::slow_paths` when a collector last looked (see `scan_heaps`).
     pub(super) seen_slow_paths: u32,
+    /// Scans in a row that found the heap idle.
+    pub(super) idle_scans: u32,
 }
 
 // SAFETY: the segments are only touched under the lock that owns the struct.
@@ -190,6 +192,11 @@ impl HeapSegs {
                 // SAFETY: segments in our queues are live and ours (we hold their lock).
                 let seg = unsafe { &*s };
                 s = seg.next.get();
+                // A page whose last block another thread freed after the previous scan lies
+                // in a segment flagged by that free.
+                if !seg.remote_frees.swap(false, Ordering::Relaxed) {
+                    continue;
+                }
                 let mut bits = seg.used_mask();
                 while bits != 0 {
                     let i = bits.trailing_zeros() as usize;
