@@ -151,7 +151,9 @@ pub fn trim(pad: usize) -> bool {
     let mut released = false;
     if let Some(h) = current() {
         released |= h.release_empty_pages();
-        released |= h.segs().lock().trim();
+        if let Some(mut segs) = h.lock_own() {
+            released |= segs.trim();
+        }
     }
     released |= scan_heaps(true).released;
     released |= trim_abandoned();

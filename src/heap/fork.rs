@@ -76,6 +76,10 @@ pub(super) extern "C" fn fork_child() {
     // handler returns (then the child has the heap in whatever state the interrupted code
     // left it, as with glibc), and releasing a free lock is a no-op.
     unsafe { release_fork_locks() };
+    // With the locks, the flags of the owners' holds go: a thread of the parent may have
+    // been taking its own lock, and its heap is pooled below for the child's threads.
+    // SAFETY: the child has one thread, so no other touches a heap's owner-only flag.
+    for_each_heap(|h| unsafe { (*h).clear_owner_locked() });
     if let Some(h) = current() {
         h.set_owner(os::kernel_tid(), os::getpid()); // the child's ids
     }

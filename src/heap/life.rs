@@ -148,6 +148,13 @@ pub fn current_or_create() -> Option<&'static Heap> {
     Some(heap)
 }
 
+/// A small block for a signal handler that interrupted its thread's own locked heap work
+/// (see `Heap::lock_own`): from the backup heap, as for a thread that has exited.
+#[cold]
+pub(super) fn alloc_reentrant(class: usize, zero: bool) -> *mut u8 {
+    with_locked_heap(&BACKUP, BACKUP_TID, |b| b.alloc_slow(class, zero, |_, blk| blk.cast())).unwrap_or(ptr::null_mut())
+}
+
 /// The cold part of `with_heap` (in `mod.rs`).
 #[cold]
 pub(super) fn with_heap_slow<R>(f: impl FnOnce(&Heap) -> R) -> Option<R> {
@@ -330,6 +337,8 @@ impl Heap {
         self.in_use.flush();
         self.release_empty_pages();
         self.clear_bins();
+        // Not `lock_own`: this must happen, and no handler of this thread reaches the heap
+        // any more (its TLS word is DEAD, so its allocations use the backup heap).
         self.segs().lock().abandon_all();
     }
 }

@@ -58,9 +58,36 @@ use crate::stats::{self, LocalInUse};
 use collect::{ABANDONED_COUNT, collect_abandoned, pop_abandoned};
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering, compiler_fence};
 use life::{is_locked_heap, with_heap_slow};
 use segs::{HeapSegs, free_segment};
+
+/// The owner's hold on its own segment lock (`Heap::lock_own`).
+pub(super) struct OwnSegs<'a> {
+    heap: &'a Heap,
+    guard: Option<spin::mutex::SpinMutexGuard<'a, HeapSegs>>,
+}
+
+impl core::ops::Deref for OwnSegs<'_> {
+    type Target = HeapSegs;
+    fn deref(&self) -> &HeapSegs {
+        self.guard.as_ref().expect("held until dropped")
+    }
+}
+
+impl core::ops::DerefMut for OwnSegs<'_> {
+    fn deref_mut(&mut self) -> &mut HeapSegs {
+        self.guard.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for OwnSegs<'_> {
+    fn drop(&mut self) {
+        self.guard = None; // the unlock, before the flag goes
+        compiler_fence(Ordering::SeqCst);
+        self.heap.owner_locked.set(false);
+    }
+}
 
 /// Pages of a size-class queue the slow path examines before taking a fresh page.
 const SEARCH_LIMIT: usize = 8;
@@ -93,6 +120,9 @@ pub struct Heap {
     next_all: AtomicPtr<Heap>,
     /// Next heap in the pool of recycled heaps.
     next_free: Cell<*mut Heap>,
+    /// The owner holds (or is taking) its own segment lock: an allocation or free of a
+    /// signal handler on this thread then must not wait for it (see `lock_own`).
+    owner_locked: Cell<bool>,
     /// Slow paths the owner has taken (only the owner writes it): a collector that finds it
     /// unchanged since its last look knows the heap took none in between.
     slow_paths: AtomicU32,
@@ -154,12 +184,18 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub fn alloc_slow(&self, class: usize, zero: bool, sampled: impl FnOnce(&Page, *mut Block) -> *mut u8) -> *mut u8 {
+        if self.owner_locked.get() {
+            return life::alloc_reentrant(class, zero);
+        }
         self.slow_paths.store(self.slow_paths.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
         self.in_use.flush();
         purge_if_due(Some(self));
         // Under the segment lock: a collector of remote frees (`scan_heaps`) relies on `free`
         // becoming non-empty only there.
-        let page = self.find_page(&mut self.segs().lock(), class);
+        let page = match self.lock_own() {
+            Some(mut segs) => self.find_page(&mut segs, class),
+            None => return life::alloc_reentrant(class, zero),
+        };
         let Some(page) = page else { return ptr::null_mut() };
         // SAFETY: `find_page` returns a page of ours whose `free` has a block.
         unsafe { self.pop_from(page, page.free_head(), zero, sampled) }
@@ -170,8 +206,8 @@ impl Heap {
     pub fn purge_pages_if_due(&self) {
         let at = self.pages_purge_at.get();
         if at != 0 && os::now_ms() >= at {
+            let Some(mut segs) = self.lock_own() else { return };
             self.pages_purge_at.set(0);
-            let mut segs = self.segs().lock();
             // Free pages not yet free for a whole delay, and pages whose release failed (the
             // memory is locked), are tried again after another delay.
             if !segs.release_free_pages(true) || segs.dirty_pages > 0 {
@@ -344,8 +380,32 @@ impl Heap {
     #[inline(never)]
     fn page_emptied(&self, page: &Page) {
         let _errno = os::ErrnoGuard::new();
-        self.give_back_page(&mut self.segs().lock(), page);
-        self.schedule_page_purge();
+        // A free in a signal handler that interrupted our own locked work leaves the empty
+        // page where it is (a later slow path or trim gives it back).
+        if let Some(mut segs) = self.lock_own() {
+            self.give_back_page(&mut segs, page);
+            drop(segs);
+            self.schedule_page_purge();
+        }
+    }
+
+    /// In a fork child, once every lock is released: no hold is left.
+    pub(super) fn clear_owner_locked(&self) {
+        self.owner_locked.set(false);
+    }
+
+    /// The owner takes its own segment lock. None if this thread holds it already: a signal
+    /// handler interrupted the owner's slow path (or its page release) and allocates or
+    /// frees; waiting would never end, and the structures are half updated.
+    pub(super) fn lock_own(&self) -> Option<OwnSegs<'_>> {
+        if self.owner_locked.get() {
+            return None;
+        }
+        // Flagged before the lock is taken and cleared after it is released, so a handler
+        // that runs in between sees the flag.
+        self.owner_locked.set(true);
+        compiler_fence(Ordering::SeqCst);
+        Some(OwnSegs { heap: self, guard: Some(self.segs().lock()) })
     }
 
     /// Takes `page` (ours, empty) out of its queue and gives it back to its segment.
@@ -362,7 +422,7 @@ impl Heap {
     fn release_empty_pages(&self) -> bool {
         let _errno = os::ErrnoGuard::new();
         let mut released = false;
-        let mut segs = self.segs().lock();
+        let Some(mut segs) = self.lock_own() else { return false };
         for queue in &self.bins {
             let mut p = queue.first();
             while !p.is_null() {
