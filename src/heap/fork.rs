@@ -78,8 +78,11 @@ pub(super) extern "C" fn fork_child() {
     unsafe { release_fork_locks() };
     // With the locks, the flags of the owners' holds go: a thread of the parent may have
     // been taking its own lock, and its heap is pooled below for the child's threads.
-    // SAFETY: the child has one thread, so no other touches a heap's owner-only flag.
-    for_each_heap(|h| unsafe { (*h).clear_owner_locked() });
+    for_each_heap(|h| {
+        // SAFETY: heaps are never freed; the child has one thread, so no other touches a
+        // heap's owner-only flag.
+        unsafe { (*h).clear_owner_locked() }
+    });
     if let Some(h) = current() {
         h.set_owner(os::kernel_tid(), os::getpid()); // the child's ids
     }
