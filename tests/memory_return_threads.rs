@@ -134,16 +134,26 @@ fn backup_heap_memory_goes_back_to_trim() {
     run(NAME);
 }
 
-/// A live thread allocates `bytes` and hands every block to the main thread, then waits (idle,
-/// alive) until told to end. Returns the blocks and the channel that ends it.
-fn idle_owner(bytes: usize) -> (Vec<usize>, std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+/// A live thread allocates 250 MB and hands every block to the main thread, then waits
+/// (idle, alive); the main thread frees them all and runs `release`. Returns RSS at start,
+/// full, and after `release` (the idle thread ends after the last reading).
+fn free_into_idle_owner(release: impl FnOnce()) -> (usize, usize, usize) {
+    let base = rss();
     let (blocks_tx, blocks_rx) = std::sync::mpsc::channel();
     let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
     let t = std::thread::spawn(move || {
-        blocks_tx.send(fill(bytes)).unwrap();
+        blocks_tx.send(fill(250 * MIB)).unwrap();
         let _ = end_rx.recv();
     });
-    (blocks_rx.recv().unwrap(), end_tx, t)
+    let blocks = blocks_rx.recv().unwrap();
+    let full = rss();
+    assert!(full > base + 200 * MIB, "set-up: RSS only went from {base} to {full}");
+    free_all(blocks);
+    release();
+    let after = rss();
+    drop(end_tx);
+    t.join().unwrap();
+    (base, full, after)
 }
 
 /// Blocks other threads freed into the pages of a live, idle thread go back to `trim(0)`
@@ -152,18 +162,9 @@ fn idle_owner(bytes: usize) -> (Vec<usize>, std::sync::mpsc::Sender<()>, std::th
 fn trim_collects_what_others_freed_into_an_idle_thread() {
     const NAME: &str = "trim_collects_what_others_freed_into_an_idle_thread";
     if common::is_child(NAME) {
-        let base = rss();
-        let (blocks, end, t) = idle_owner(250 * MIB);
-        let full = rss();
-        assert!(full > base + 200 * MIB, "set-up: RSS only went from {base} to {full}");
-        free_all(blocks);
-        assert!(trim(0), "trim(0) released nothing");
-        let after = rss();
+        let (base, full, after) = free_into_idle_owner(|| assert!(trim(0), "trim(0) released nothing"));
         eprintln!("RSS: {} MiB at start, {} MiB full, {} MiB after free and trim", base / MIB, full / MIB, after / MIB);
         assert!(after < base + 16 * MIB, "trim left {} MiB (start {} MiB)", after / MIB, base / MIB);
-        // The owner's pages are its own again: it allocates and frees as before.
-        drop(end);
-        t.join().unwrap();
         return;
     }
     run(NAME);
@@ -175,13 +176,7 @@ fn trim_collects_what_others_freed_into_an_idle_thread() {
 fn what_others_freed_into_an_idle_thread_goes_back_without_trim() {
     const NAME: &str = "what_others_freed_into_an_idle_thread_goes_back_without_trim";
     if common::is_child(NAME) {
-        let base = rss();
-        let (blocks, end, t) = idle_owner(250 * MIB);
-        let full = rss();
-        assert!(full > base + 200 * MIB, "set-up: RSS only went from {base} to {full}");
-        free_all(blocks);
-        keep_busy(Duration::from_millis(2500));
-        let after = rss();
+        let (base, full, after) = free_into_idle_owner(|| keep_busy(Duration::from_millis(2500)));
         eprintln!(
             "RSS: {} MiB at start, {} MiB full, {} MiB 2.5 s after the frees",
             base / MIB,
@@ -189,8 +184,6 @@ fn what_others_freed_into_an_idle_thread_goes_back_without_trim() {
             after / MIB
         );
         assert!(after < base + 40 * MIB, "RSS stayed at {} MiB (start {} MiB)", after / MIB, base / MIB);
-        drop(end);
-        t.join().unwrap();
         return;
     }
     run(NAME);

@@ -70,11 +70,12 @@ pub(super) extern "C" fn fork_child() {
     // A single-threaded fork from a signal handler that interrupted the arena: its state
     // may be half updated (see `arena::forget_free_spans`).
     let arena_interrupted = held.is_none() && arena::is_busy();
-    // SAFETY: multi-threaded: fork_prepare took every lock on this thread, which is the
-    // child's only thread. Single-threaded: a held lock was held by code of this thread that
-    // a signal handler interrupted; in the child that code does not run again unless the
-    // handler returns (then the child has the heap in whatever state the interrupted code
-    // left it, as with glibc), and releasing a free lock is a no-op.
+    // Multi-threaded: fork_prepare took every lock on this thread, which is the child's only
+    // thread. Single-threaded: a held lock was held by code of this thread that a signal
+    // handler interrupted; in the child that code does not run again unless the handler
+    // returns (then the child has the heap in whatever state the interrupted code left it,
+    // as with glibc), and releasing a free lock is a no-op.
+    // SAFETY: so each lock is held by us, or by code whose guard will not be used.
     unsafe { release_fork_locks() };
     // With the locks, the flags of the owners' holds go: a thread of the parent may have
     // been taking its own lock, and its heap is pooled below for the child's threads.
