@@ -36,7 +36,16 @@ fn done(p: *mut u8) -> *mut c_void {
 
 #[unsafe(no_mangle)]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
-    done(crate::malloc(size))
+    match crate::alloc_fast::<false>(size) {
+        Some(b) => b.as_ptr().cast(),
+        None => malloc_rest(size),
+    }
+}
+
+/// `malloc` past the fast path (a tail call: the fast path keeps no frame).
+#[inline(never)]
+fn malloc_rest(size: usize) -> *mut c_void {
+    done(crate::alloc_rest::<false>(size))
 }
 
 #[unsafe(no_mangle)]
@@ -49,9 +58,21 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 #[unsafe(no_mangle)]
 pub extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
     match count.checked_mul(size) {
-        Some(n) if n <= MAX_REQUEST => done(crate::calloc(n)),
-        _ => enomem(),
+        Some(n) => match crate::alloc_fast::<true>(n) {
+            Some(b) => b.as_ptr().cast(),
+            None => calloc_rest(n),
+        },
+        None => enomem(),
     }
+}
+
+/// `calloc` of `n` bytes past the fast path.
+#[inline(never)]
+fn calloc_rest(n: usize) -> *mut c_void {
+    if n > MAX_REQUEST {
+        return enomem();
+    }
+    done(crate::alloc_rest::<true>(n))
 }
 
 #[unsafe(no_mangle)]

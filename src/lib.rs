@@ -113,18 +113,44 @@ fn mmap_threshold() -> usize {
 /// Allocates `size` bytes aligned to 16. Null when out of memory.
 #[inline(always)]
 pub fn malloc(size: usize) -> *mut u8 {
-    alloc_impl::<false>(size)
+    match alloc_fast::<false>(size) {
+        Some(b) => b.as_ptr(),
+        None => alloc_rest::<false>(size),
+    }
 }
 
 /// Allocates `size` zeroed bytes aligned to 16 (memory known fresh from the OS is not
 /// cleared again). Null when out of memory.
 #[inline(always)]
 pub fn calloc(size: usize) -> *mut u8 {
-    alloc_impl::<true>(size)
+    match alloc_fast::<true>(size) {
+        Some(b) => b.as_ptr(),
+        None => alloc_rest::<true>(size),
+    }
 }
 
+/// The allocation fast path: a request below `direct_limit` (1 KiB or the mmap threshold)
+/// from the first page of its class, found in the heap's direct table, when that has a free
+/// block and the block does not reach the profiler's sample point. None otherwise: then
+/// [`alloc_rest`] serves it (called in tail position, so the fast path keeps no frame).
 #[inline(always)]
-fn alloc_impl<const ZERO: bool>(size: usize) -> *mut u8 {
+pub fn alloc_fast<const ZERO: bool>(size: usize) -> Option<ptr::NonNull<u8>> {
+    if size >= options::direct_limit() {
+        return None;
+    }
+    let heap = heap::current()?;
+    let page = heap.direct_page(size);
+    let b = page.free_head();
+    // SAFETY: `b` is the head of the page's free list, just read, and not null.
+    if b.is_null() || unsafe { !heap.pop_unsampled(page, b, ZERO) } {
+        return None;
+    }
+    ptr::NonNull::new(b.cast())
+}
+
+/// Every allocation of `size` bytes aligned to 16 that [`alloc_fast`] did not serve.
+#[inline(never)]
+pub fn alloc_rest<const ZERO: bool>(size: usize) -> *mut u8 {
     if size < options::small_limit()
         && let Some(heap) = heap::current()
     {
@@ -374,27 +400,18 @@ fn perturb_new(p: *mut u8, size: usize) {
     }
 }
 
-/// `free` with the perturb byte `c` set: fills the block's usable bytes with `c` (code that
-/// reads freed memory sees it), then frees it. A pointer that is not a live arena block is
-/// left alone for `free` to judge (a freed block keeps its mark, so a double free is still
-/// caught).
-///
-/// # Safety
-/// As for [`free`].
-#[cold]
-#[inline(never)]
-unsafe fn free_perturbed(p: *mut u8, c: u8) {
-    if let Some(seg) = segment::lookup(p) {
-        let page = seg.page_of(p);
-        let b = page.block_of(p);
-        // SAFETY: `b` is a carved block of a page in use.
-        if !b.is_null() && page.in_use() && unsafe { !Block::is_marked(b) } {
-            // SAFETY: the block is live (not marked free) and `usable_from` bytes long from `p`.
-            unsafe { ptr::write_bytes(p, c, page.usable_from(b, p)) };
-        }
+/// `free` with the perturb byte `c` set, before the free itself: fills the block's usable
+/// bytes with `c` (code that reads freed memory sees it). A pointer that is not a live arena
+/// block is left alone for `free` to judge (a freed block keeps its mark, so a double free is
+/// still caught). Large blocks go back to the system unfilled, as glibc's mmapped chunks do.
+fn perturb_freed(seg: &segment::Segment, p: *mut u8, c: u8) {
+    let page = seg.page_of(p);
+    let b = page.block_of(p);
+    // SAFETY: `b` is a carved block of a page in use.
+    if !b.is_null() && page.in_use() && unsafe { !Block::is_marked(b) } {
+        // SAFETY: the block is live (not marked free) and `usable_from` bytes long from `p`.
+        unsafe { ptr::write_bytes(p, c, page.usable_from(b, p)) };
     }
-    // SAFETY: forwarded contract.
-    unsafe { free_block(p) }
 }
 
 /// Like [`aligned_alloc`], zeroed.
@@ -450,29 +467,33 @@ fn offset_block(b: *mut u8, align: usize) -> *mut u8 {
 /// Frees a block. Null is ignored. A pointer this allocator did not hand out, or a block
 /// that is free already, is reported on stderr and the process aborts.
 ///
+/// The fast path: the segment map (is the pointer ours, and the page size), the page, the
+/// start test (a carved block's start), the owner, the freed mark, the push.
+///
 /// # Safety
 /// `p` must be null or a live block from this allocator.
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
-    let c = options::get(Opt::Perturb) as u8;
-    if c != 0 {
-        // SAFETY: forwarded contract.
-        return unsafe { free_perturbed(p, c) };
+    let shift = segment::fast_page_shift(p);
+    if shift == 0 {
+        return free_cold(p);
     }
-    // SAFETY: forwarded contract.
-    unsafe { free_block(p) }
+    // SAFETY: the map says a live segment holds `p`.
+    let seg = unsafe { segment::of(p) };
+    let page = seg.page_at(p, shift);
+    let Some(b) = page.block_at(p) else { return free_offset(seg, page, p) };
+    // SAFETY: forwarded contract; `b` is a carved block of `page`.
+    unsafe { free_block_of(seg, page, b, p) }
 }
 
-/// [`free`] without the perturb byte.
+/// [`free`] once `b`, the block `p` points into, is known to be a carved block of `page` in
+/// `seg`.
 ///
 /// # Safety
 /// As for [`free`].
 #[inline(always)]
-unsafe fn free_block(p: *mut u8) {
-    let Some(seg) = segment::lookup(p) else { return free_cold(p) };
-    let page = seg.page_of(p);
-    let b = page.block_of(p);
-    if seg.thread_id.load(Ordering::Relaxed) == os::thread_id() && !b.is_null() {
+unsafe fn free_block_of(seg: &segment::Segment, page: &page::Page, b: *mut Block, p: *mut u8) {
+    if seg.thread_id.load(Ordering::Relaxed) == os::thread_id() {
         // SAFETY: the segment is ours, so its heap is this thread's heap, and `b` is a carved
         // block of `page`.
         if unsafe { (*heap::owner_of(seg)).free_local(page, b) } {
@@ -481,6 +502,43 @@ unsafe fn free_block(p: *mut u8) {
         bad_free(b, p);
     }
     free_remote(seg, page, b, p);
+}
+
+/// [`free`] of a pointer in one of our segments that is not a carved block's start: an
+/// aligned or sampled block's pointer, or an invalid one.
+#[cold]
+#[inline(never)]
+fn free_offset(seg: &segment::Segment, page: &page::Page, p: *mut u8) {
+    let b = page.block_of(p);
+    if b.is_null() {
+        bad_free(b, p);
+    }
+    // SAFETY: `b` is a carved block of `page` (block_of said so); the caller's contract.
+    unsafe { free_block_of(seg, page, b, p) }
+}
+
+/// [`free`] of a pointer the fast path's lookup refused: null, a large block, a foreign
+/// pointer, or any pointer while the perturb byte is set.
+#[cold]
+#[inline(never)]
+fn free_cold(p: *mut u8) {
+    if p.is_null() {
+        return;
+    }
+    let c = options::get(Opt::Perturb) as u8;
+    if let Some(seg) = segment::lookup(p) {
+        if c != 0 {
+            perturb_freed(seg, p, c);
+        }
+        // SAFETY: the pointer lies in one of our segments; `free`'s contract.
+        return free_offset(seg, seg.page_of(p), p);
+    }
+    let _errno = os::ErrnoGuard::new();
+    if let Some(tag) = large::free(p) {
+        release_tag(tag);
+        return;
+    }
+    msg::fatal_pointer("free(): invalid pointer", p);
 }
 
 /// Free by a thread that does not own the block's page (or of an invalid pointer).
@@ -519,20 +577,6 @@ fn free_remote(seg: &segment::Segment, page: &page::Page, b: *mut Block, p: *mut
         Some(h) => h.in_use.free(bs),
         None => stats::flush_in_use(-(bs as isize)),
     }
-}
-
-#[cold]
-#[inline(never)]
-fn free_cold(p: *mut u8) {
-    if p.is_null() {
-        return;
-    }
-    let _errno = os::ErrnoGuard::new();
-    if let Some(tag) = large::free(p) {
-        release_tag(tag);
-        return;
-    }
-    msg::fatal_pointer("free(): invalid pointer", p);
 }
 
 #[cold]

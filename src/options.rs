@@ -127,6 +127,16 @@ pub fn small_limit() -> usize {
     SMALL_LIMIT.load(Relaxed)
 }
 
+/// `SMALL_LIMIT`, at most one more than the largest size of the class table: requests
+/// below it take the fast path through a heap's direct table, with this one comparison.
+static DIRECT_LIMIT: AtomicUsize = AtomicUsize::new(crate::size_class::TABLE_MAX + 1);
+
+/// Requests below this size take the direct table's fast path (see `DIRECT_LIMIT`).
+#[inline(always)]
+pub fn direct_limit() -> usize {
+    DIRECT_LIMIT.load(Relaxed)
+}
+
 /// Serialises [`store`]: `SMALL_LIMIT` is computed from two tunables that different threads
 /// may change at once (a large free adapts the threshold while another thread sets the
 /// perturb byte).
@@ -139,7 +149,10 @@ fn store(opt: Opt, value: usize) {
     VALUES[opt as usize].store(value, Relaxed);
     if matches!(opt, Opt::MmapThreshold | Opt::Perturb) {
         let limit = get(Opt::MmapThreshold).min(crate::size_class::MAX_CLASS_SIZE + 1);
-        SMALL_LIMIT.store(if get(Opt::Perturb) != 0 { 0 } else { limit }, Relaxed);
+        let small = if get(Opt::Perturb) != 0 { 0 } else { limit };
+        SMALL_LIMIT.store(small, Relaxed);
+        DIRECT_LIMIT.store(small.min(crate::size_class::TABLE_MAX + 1), Relaxed);
+        crate::segment::set_fast_free(get(Opt::Perturb) == 0);
     }
 }
 

@@ -53,11 +53,15 @@ pub struct Block {
     mark: AtomicUsize,
 }
 
+/// What a freed block's address is combined with to make its mark: a sign-extended 32-bit
+/// value, so the check compiles to an `xor` with an immediate operand.
+const FREED_KEY: usize = 0xFFFF_FFFF_A5C3_96E1;
+
 /// The value a freed block at `b` holds in its second word. Depends on the address, so a
 /// block copied elsewhere does not carry a valid mark.
 #[inline(always)]
 pub fn freed_mark(b: *const Block) -> usize {
-    b as usize ^ 0xA5C3_96E1_D24B_7F08
+    b as usize ^ FREED_KEY
 }
 
 impl Block {
@@ -87,6 +91,12 @@ pub const FREE_IS_ZERO: u8 = 1; // every block on `free` is zero but for its two
 pub const MEM_IS_ZERO: u8 = 2; // blocks not yet carved are zero (memory fresh from the OS)
 pub const HAS_ALIGNED: u8 = 4; // some block was handed out at an offset (aligned allocation)
 pub const SAMPLE_HEADERS: u8 = 8; // blocks are handed out 16 bytes in (the heap profiler's samples)
+
+/// `Page::start_test` for blocks of `block_size` bytes.
+fn start_test(block_size: usize) -> u64 {
+    debug_assert!(block_size >= 16);
+    if block_size > 1 << 22 { 1 } else { u64::MAX / block_size as u64 + 1 }
+}
 
 /// Shift for the reciprocal that turns an offset into a block index without dividing.
 const DIV_SHIFT: u32 = 44;
@@ -134,9 +144,53 @@ pub struct Page {
     area: Cell<*mut u8>,
     /// Blocks carved so far (owner writes, a remote free reads).
     capacity: AtomicU32,
+    /// `capacity * block_size`: offsets below it are carved (owner writes, any free reads).
+    carved_end: AtomicUsize,
+    /// ceil(2^64 / block_size), or 1 for a huge span's single block: an offset `n` into the
+    /// area is a block's start exactly when `n * start_test` (mod 2^64) is below it. Exact for
+    /// offsets below 2^32 and blocks of at most 2^22 bytes: with `n = q * d + r` and
+    /// `c * d = 2^64 + e` (`e < d`), `n * c = q * e + r * c` (mod 2^64); `q * e < n < 2^32 <= c`
+    /// when `r == 0`, and `c <= r * c + q * e < 2^64` when `r > 0`.
+    start_test: Cell<u64>,
 }
 
 const _: () = assert!(core::mem::size_of::<Page>() == 128 && core::mem::offset_of!(Page, thread_free) == 64);
+
+/// A page that is never in use and never has a free block: what a heap's direct table holds
+/// for a size with no page, so the malloc fast path needs no null test (its empty `free`
+/// sends the request to the slow path). Nobody writes it.
+pub struct EmptyPage(Page);
+
+// SAFETY: the page is never written (no heap queues it, no block points into it), so sharing
+// it between threads shares only reads.
+unsafe impl Sync for EmptyPage {}
+
+pub static EMPTY_PAGE: EmptyPage = EmptyPage(Page {
+    free: AtomicPtr::new(ptr::null_mut()),
+    local_free: AtomicPtr::new(ptr::null_mut()),
+    next: Cell::new(ptr::null_mut()),
+    prev: Cell::new(ptr::null_mut()),
+    used: AtomicU32::new(0),
+    reserved: Cell::new(0),
+    flags: AtomicU8::new(0),
+    class: Cell::new(0),
+    owner_block_size: Cell::new(0),
+    _line: [0; 8],
+    thread_free: AtomicPtr::new(ptr::null_mut()),
+    block_size: Cell::new(0),
+    div_magic: Cell::new(0),
+    area: Cell::new(ptr::null_mut()),
+    capacity: AtomicU32::new(0),
+    carved_end: AtomicUsize::new(0),
+    start_test: Cell::new(0),
+});
+
+impl EmptyPage {
+    /// The page, as a pointer for a direct table.
+    pub fn get(&'static self) -> *const Page {
+        &self.0
+    }
+}
 
 impl Page {
     /// Sets up an unused page to hold `reserved` blocks of `block_size` bytes from `area`.
@@ -153,6 +207,8 @@ impl Page {
         self.block_size.set(block_size);
         self.owner_block_size.set(block_size);
         self.div_magic.set((1u64 << DIV_SHIFT).div_ceil(block_size as u64));
+        self.start_test.set(start_test(block_size));
+        self.carved_end.store(0, Ordering::Relaxed);
         self.area.set(area);
         self.next.set(ptr::null_mut());
         self.prev.set(ptr::null_mut());
@@ -168,7 +224,7 @@ impl Page {
         self.block_size.set(0);
         self.owner_block_size.set(0);
         self.reserved.set(0);
-        self.capacity.store(0, Ordering::Relaxed);
+        self.set_capacity(0);
         self.flags.store(0, Ordering::Relaxed);
     }
 
@@ -277,23 +333,25 @@ impl Page {
         }
     }
 
-    /// The owner gives a block back. False, changing nothing, if the block is already free.
+    /// The owner gives a block back. Returns the blocks still in use, or None, changing
+    /// nothing, if the block is already free.
     ///
     /// # Safety
     /// `b` must be a carved block of this page (`block_of` said so); the caller is the owner.
     #[inline(always)]
-    pub unsafe fn push_local(&self, b: *mut Block) -> bool {
+    pub unsafe fn push_local(&self, b: *mut Block) -> Option<u32> {
         // SAFETY: per the contract the block is ours to read and, unless free, to write.
         unsafe {
             if Block::is_marked(b) {
-                return false;
+                return None;
             }
             Block::set_mark(b);
             (*b).next = self.local_free.load(Ordering::Relaxed);
         }
         self.local_free.store(b, Ordering::Relaxed);
-        self.set_used(self.used() - 1);
-        true
+        let used = self.used() - 1;
+        self.set_used(used);
+        Some(used)
     }
 
     /// Another thread gives a block back: lock-free push onto `thread_free`. False, changing
@@ -401,7 +459,7 @@ impl Page {
         let carved = self.capacity.load(Ordering::Relaxed) as usize * self.block_size.get();
         stats::gauge_add(Gauge::CarvedBytes, -(carved as isize));
         self.set_used(0);
-        self.capacity.store(0, Ordering::Relaxed);
+        self.set_capacity(0);
         self.set_flags(0, FREE_IS_ZERO | MEM_IS_ZERO | HAS_ALIGNED | SAMPLE_HEADERS);
         carved
     }
@@ -438,9 +496,31 @@ impl Page {
         if self.flag(MEM_IS_ZERO) {
             self.set_flags(FREE_IS_ZERO, 0);
         }
-        self.capacity.store(capacity + n as u32, Ordering::Relaxed);
+        self.set_capacity(capacity + n as u32);
         stats::gauge_add(Gauge::CarvedBytes, (n * bs) as isize);
         true
+    }
+
+    /// Sets the carved count (and the carved bytes `free` checks against).
+    fn set_capacity(&self, n: u32) {
+        self.capacity.store(n, Ordering::Relaxed);
+        self.carved_end.store(n as usize * self.block_size.get(), Ordering::Relaxed);
+    }
+
+    /// `p` as a block if it is the start of a carved block (the common case, for `free`'s
+    /// fast path: a subtraction, a compare and a multiply); None for any other pointer,
+    /// which [`Page::block_of`] then judges.
+    #[inline(always)]
+    pub fn block_at(&self, p: *mut u8) -> Option<*mut Block> {
+        let offset = (p as usize).wrapping_sub(self.area.get() as usize);
+        if offset >= self.carved_end.load(Ordering::Relaxed) {
+            return None;
+        }
+        let test = self.start_test.get();
+        if (offset as u64).wrapping_mul(test) >= test {
+            return None;
+        }
+        Some(p.cast())
     }
 
     /// Index of the block that holds byte `offset` of the area.
@@ -483,7 +563,8 @@ impl Page {
 
     /// Owner, in a huge span: the single block is carved and handed out.
     pub fn set_single_block_in_use(&self) {
-        self.capacity.store(1, Ordering::Relaxed);
+        self.start_test.set(1);
+        self.set_capacity(1);
         self.set_used(1);
     }
 }
@@ -580,6 +661,33 @@ mod tests {
         }
     }
 
+    /// The start test accepts exactly the multiples of the block size, for every class and
+    /// every offset below 4 MiB near a block boundary (and every offset of the first 64 KiB),
+    /// and a huge span's test only offset 0.
+    #[test]
+    fn start_test_is_exact() {
+        for c in 0..NCLASSES {
+            let bs = class_size(c);
+            let t = start_test(bs);
+            let is_start = |o: usize| (o as u64).wrapping_mul(t) < t;
+            for o in 0..(64 << 10) {
+                assert_eq!(is_start(o), o % bs == 0, "bs {bs} off {o}");
+            }
+            let mut off = 0usize;
+            while off < (4 << 20) {
+                for o in [off, off + 1, off + 8, off + 16, off + bs / 2, off + bs - 16, off + bs - 1] {
+                    assert_eq!(is_start(o), o % bs == 0, "bs {bs} off {o}");
+                }
+                off += bs;
+            }
+        }
+        let t = start_test(64 << 20);
+        assert!(0u64.wrapping_mul(t) < t);
+        for o in [1u64, 16, 4096, 1 << 32, (64 << 20) - 16] {
+            assert!(o.wrapping_mul(t) >= t);
+        }
+    }
+
     /// `check` accepts sound lists and finds a cycle, a block on two lists, an unmarked free
     /// block and a wrong `used`.
     #[test]
@@ -597,10 +705,10 @@ mod tests {
         assert_eq!(page.check(), Ok(()));
         let (a, b) = (page.pop(), page.pop());
         // SAFETY: `a` is a handed-out block of the page.
-        assert!(unsafe { page.push_local(a) });
+        assert!(unsafe { page.push_local(a) }.is_some());
         assert_eq!(page.check(), Ok(()));
         // SAFETY: `a` is free already: refused, nothing changes.
-        assert!(!unsafe { page.push_local(a) });
+        assert!(unsafe { page.push_local(a) }.is_none());
         assert_eq!(page.check(), Ok(()));
         // A cycle on local_free.
         // SAFETY: test-only corruption of blocks we own.

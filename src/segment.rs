@@ -3,8 +3,9 @@
 //!
 //! A segment's header (this struct, with one descriptor per page) sits at its first byte, so
 //! `p & !(SEGMENT_SIZE - 1)` finds it. Which addresses hold live segment headers is recorded
-//! in a bitmap over the address space (one bit per 4 MiB): `free` consults it before reading
-//! any header, so a foreign pointer is recognised without touching memory that is not ours.
+//! in a map over the address space (one byte per 4 MiB, holding the segment's page shift):
+//! `free` consults it before reading any header, so a foreign pointer is recognised without
+//! touching memory that is not ours, and the same load gives the page size.
 //!
 //! Kinds: small (64 pages of 64 KiB, blocks up to 8 KiB), medium (8 pages of 512 KiB, blocks
 //! up to 64 KiB), large (one 4 MiB page, blocks up to 512 KiB), and huge (a span of one or
@@ -15,7 +16,7 @@ use crate::page::Page;
 use crate::stats::{self, Gauge};
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 pub const SEGMENT_SHIFT: u32 = 22;
 pub const SEGMENT_SIZE: usize = 1 << SEGMENT_SHIFT;
@@ -136,7 +137,7 @@ impl Segment {
             (*seg).fresh_mask.set(if zeroed { all } else { 0 });
             (*seg).account(1);
         }
-        map_set(base as usize, true);
+        map_set(base as usize, kind.page_shift() as u8);
         seg
     }
 
@@ -191,6 +192,18 @@ impl Segment {
     #[inline(always)]
     pub fn page_index(&self, p: *const u8) -> usize {
         ((p as usize) & SEGMENT_MASK) >> self.page_shift
+    }
+
+    /// The descriptor of the page that holds `p`, which lies in this segment whose page
+    /// shift is `shift` (from [`lookup_fast`]).
+    #[inline(always)]
+    pub fn page_at(&self, p: *const u8, shift: u32) -> &Page {
+        let i = ((p as usize) & SEGMENT_MASK) >> shift;
+        // SAFETY: as in `page_of` (`shift` is this segment's page shift, at least 16).
+        unsafe {
+            core::hint::assert_unchecked(i < MAX_PAGES);
+            self.pages.get_unchecked(i)
+        }
     }
 
     /// The descriptor of the page that holds `p`, which lies in this segment.
@@ -252,7 +265,7 @@ impl Segment {
     /// Removes the segment from the lookup map (after this `free` treats pointers into it as
     /// foreign) and from the gauges: it goes back to the arena.
     pub fn unmap(&self) {
-        map_set(self as *const Segment as usize, false);
+        map_set(self as *const Segment as usize, 0);
         self.account(-1);
     }
 
@@ -269,20 +282,28 @@ pub fn segment_base(p: *const u8) -> usize {
     p as usize & !SEGMENT_MASK
 }
 
-// ---- the segment map: one bit per 4 MiB of a 47-bit address space (4 MiB of .bss) ----
+// ---- the segment map: one byte per 4 MiB of a 47-bit address space (32 MiB of .bss, of
+// which only the bytes over the arena are ever touched) ----
 
-const MAP_BITS: usize = 1 << (47 - SEGMENT_SHIFT);
-static SEGMENT_MAP: [AtomicU64; MAP_BITS / 64] = [const { AtomicU64::new(0) }; MAP_BITS / 64];
+/// Entries of the segment map.
+pub const MAP_LEN: usize = 1 << (47 - SEGMENT_SHIFT);
+/// For each 4 MiB of address space, the page shift of the live segment that starts there,
+/// 0 if none: `free` finds whether a pointer is ours and its page with this one load.
+static SEGMENT_MAP: [AtomicU8; MAP_LEN] = [const { AtomicU8::new(0) }; MAP_LEN];
+/// Entries `free`'s fast path may consult: `MAP_LEN`, or 0 while the perturb byte is set, so
+/// that every free takes the cold path (which fills the block) at no cost to the fast path.
+static FAST_MAP_LEN: AtomicUsize = AtomicUsize::new(MAP_LEN);
 
-fn map_set(base: usize, live: bool) {
+/// Sends every free through [`lookup`] and its caller's cold path (`false`), or lets the
+/// fast path use [`lookup_fast`] (`true`).
+pub fn set_fast_free(on: bool) {
+    FAST_MAP_LEN.store(if on { MAP_LEN } else { 0 }, Ordering::Relaxed);
+}
+
+fn map_set(base: usize, shift: u8) {
     let idx = base >> SEGMENT_SHIFT;
-    debug_assert!(idx < MAP_BITS);
-    let bit = 1u64 << (idx % 64);
-    if live {
-        SEGMENT_MAP[idx / 64].fetch_or(bit, Ordering::Release);
-    } else {
-        SEGMENT_MAP[idx / 64].fetch_and(!bit, Ordering::Release);
-    }
+    debug_assert!(idx < MAP_LEN);
+    SEGMENT_MAP[idx].store(shift, Ordering::Release);
 }
 
 /// The live segment that holds `p`, or None if `p` is not inside the first segment of one
@@ -290,18 +311,34 @@ fn map_set(base: usize, live: bool) {
 #[inline(always)]
 pub fn lookup(p: *const u8) -> Option<&'static Segment> {
     let idx = (p as usize) >> SEGMENT_SHIFT;
-    if idx >= MAP_BITS {
+    if idx >= MAP_LEN || SEGMENT_MAP[idx].load(Ordering::Relaxed) == 0 {
         return None;
     }
-    let word = SEGMENT_MAP[idx / 64].load(Ordering::Relaxed);
-    if word & (1u64 << (idx % 64)) == 0 {
-        return None;
-    }
-    let base = segment_base(p);
     // SAFETY: the map marks only addresses where a live segment header is (never 0: no
     // mapping starts at address 0); headers are only reached through shared references.
-    unsafe {
-        core::hint::assert_unchecked(base != 0);
-        Some(&*(base as *const Segment))
+    Some(unsafe { &*(segment_base(p) as *const Segment) })
+}
+
+/// [`lookup`] for `free`'s fast path: the page shift of the live segment that holds `p`
+/// (then [`of`] is that segment), or 0 if there is none or the fast path is off
+/// ([`set_fast_free`]).
+#[inline(always)]
+pub fn fast_page_shift(p: *const u8) -> u32 {
+    let idx = (p as usize) >> SEGMENT_SHIFT;
+    if idx >= FAST_MAP_LEN.load(Ordering::Relaxed) {
+        return 0;
     }
+    // SAFETY: FAST_MAP_LEN is MAP_LEN or 0, so `idx` is in bounds.
+    unsafe { SEGMENT_MAP.get_unchecked(idx) }.load(Ordering::Relaxed) as u32
+}
+
+/// The segment that holds `p`, which [`fast_page_shift`] or [`lookup`] found.
+///
+/// # Safety
+/// One of them said a live segment holds `p`.
+#[inline(always)]
+pub unsafe fn of(p: *const u8) -> &'static Segment {
+    // SAFETY: per the contract a live segment header is there; headers are only reached
+    // through shared references.
+    unsafe { &*(segment_base(p) as *const Segment) }
 }

@@ -14,12 +14,29 @@ const FINE_MAX_SHIFT: u32 = 13;
 /// The first class above `1 << FINE_MAX_SHIFT`.
 const COARSE_FIRST: usize = 8 + (FINE_MAX_SHIFT as usize - 7) * 8;
 
-/// Requests up to this size find their class in a table.
-const TABLE_MAX: usize = 1024;
+/// Requests up to this size find their class in a table (and their page in a heap's direct
+/// table, by the same index).
+pub const TABLE_MAX: usize = 1024;
+/// Entries of tables indexed by [`table_index`].
+pub const TABLE_LEN: usize = TABLE_MAX / 16 + 1;
+
+/// The index of a request of `size <= TABLE_MAX` bytes in the class table.
+#[inline(always)]
+pub fn table_index(size: usize) -> usize {
+    debug_assert!(size <= TABLE_MAX);
+    (size + 15) >> 4
+}
+
+/// The table indexes whose requests are of class `c` (empty above `TABLE_MAX`).
+pub fn table_indexes(c: usize) -> core::ops::Range<usize> {
+    let lo = if c == 0 { 0 } else { class_size(c - 1) / 16 + 1 };
+    let hi = (class_size(c) / 16 + 1).min(TABLE_LEN);
+    lo.min(hi)..hi
+}
 
 /// Class of every request up to `TABLE_MAX` bytes, by `(size + 15) / 16`.
-static CLASS_TABLE: [u8; TABLE_MAX / 16 + 1] = {
-    let mut t = [0u8; TABLE_MAX / 16 + 1];
+static CLASS_TABLE: [u8; TABLE_LEN] = {
+    let mut t = [0u8; TABLE_LEN];
     let mut i = 1;
     while i < t.len() {
         t[i] = class_by_rule(i * 16) as u8;
@@ -32,7 +49,7 @@ static CLASS_TABLE: [u8; TABLE_MAX / 16 + 1] = {
 #[inline(always)]
 pub fn class_of(size: usize) -> usize {
     if size <= TABLE_MAX {
-        return CLASS_TABLE[size.div_ceil(16)] as usize;
+        return CLASS_TABLE[table_index(size)] as usize;
     }
     class_by_rule(size)
 }
@@ -71,6 +88,7 @@ mod tests {
     #[test]
     fn classes_cover_every_size_tightly() {
         assert_eq!(class_size(NCLASSES - 1), MAX_CLASS_SIZE);
+        assert_eq!((0..NCLASSES).map(|c| table_indexes(c).len()).sum::<usize>(), TABLE_LEN);
         for c in 1..NCLASSES {
             let (lo, hi) = (class_size(c - 1), class_size(c));
             assert!(hi > lo && hi % 16 == 0);
@@ -82,6 +100,9 @@ mod tests {
         }
         for size in 0..=MAX_CLASS_SIZE {
             let c = class_of(size);
+            if size <= TABLE_MAX {
+                assert!(table_indexes(c).contains(&table_index(size)), "size {size} class {c}");
+            }
             assert!(class_size(c) >= size.max(1), "size {size} class {c}");
             assert!(c == 0 || class_size(c - 1) < size, "size {size} not in its smallest class");
         }

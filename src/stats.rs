@@ -154,6 +154,17 @@ impl LocalInUse {
         self.clock.store(c, Relaxed);
         c >= 0
     }
+    /// Owner only: `n` bytes are handed out, unless that reaches the sample point (then
+    /// nothing changes, and false).
+    #[inline(always)]
+    pub(crate) fn alloc_unsampled(&self, n: usize) -> bool {
+        let c = self.clock.load(Relaxed).wrapping_add(n as isize);
+        if c >= 0 {
+            return false;
+        }
+        self.clock.store(c, Relaxed);
+        true
+    }
     /// Owner only: `n` bytes were given back.
     #[inline(always)]
     pub(crate) fn free(&self, n: usize) {

@@ -327,8 +327,9 @@ impl Heap {
 
     /// Forgets every page queue (their pages are accounted for elsewhere).
     pub(super) fn clear_bins(&self) {
-        for q in &self.bins {
+        for (class, q) in self.bins.iter().enumerate() {
             q.clear();
+            self.queue_changed(class);
         }
     }
 

@@ -51,9 +51,9 @@ use crate::list::{List, Node};
 use crate::lock::Lock;
 use crate::options::{self, Opt};
 use crate::os;
-use crate::page::{Block, Page};
+use crate::page::{Block, EMPTY_PAGE, Page};
 use crate::segment::{self, Kind, Segment};
-use crate::size_class::{NCLASSES, class_size};
+use crate::size_class::{NCLASSES, TABLE_LEN, class_size, table_index, table_indexes};
 use crate::stats::{self, LocalInUse};
 use collect::{ABANDONED_COUNT, collect_abandoned, pop_abandoned};
 use core::cell::Cell;
@@ -102,7 +102,11 @@ pub type PageQueue = List<Page>;
 /// references and the owner's fields are `Cell`s).
 #[repr(C)]
 pub struct Heap {
-    /// Queues of pages, one per size class (hot: first in the struct).
+    /// For each request size up to `TABLE_MAX` (by `table_index`), the first page of its
+    /// class's queue, or the empty page: the malloc fast path's one load (hot: first in the
+    /// struct). Kept in step by `queue_changed`.
+    direct: [Cell<*const Page>; TABLE_LEN],
+    /// Queues of pages, one per size class.
     pub bins: [PageQueue; NCLASSES],
     /// The owning thread's `os::thread_id`.
     pub thread_id: Cell<usize>,
@@ -131,6 +135,23 @@ pub struct Heap {
     /// (see `reap_if_gone`).
     kernel_tid: AtomicI32,
     pid: AtomicI32,
+}
+
+/// Zeroes `b`, a block of `bs` bytes just popped (its second word cleared by the pop): only
+/// its first word if the rest is known zero (`is_zero`).
+///
+/// # Safety
+/// `b` is a block of `bs` bytes the caller just took.
+#[inline(always)]
+unsafe fn zero_popped(b: *mut Block, bs: usize, is_zero: bool) {
+    // SAFETY: per the contract.
+    unsafe {
+        if is_zero {
+            (*b).next = ptr::null_mut();
+        } else {
+            ptr::write_bytes(b.cast::<u8>(), 0, bs);
+        }
+    }
 }
 
 /// The heap that owns `seg` (null if none).
@@ -242,6 +263,30 @@ impl Heap {
         self.in_use.charge(n)
     }
 
+    /// The fast path's pop: takes `b`, the first block of `page`'s `free`, and zeroes it if
+    /// asked; false, changing nothing, if the block would reach the sampling clock's next
+    /// point (the caller then takes the path that samples).
+    ///
+    /// # Safety
+    /// `page` is ours and `b` is its `free_head()`, not null.
+    #[inline(always)]
+    pub unsafe fn pop_unsampled(&self, page: &Page, b: *mut Block, zero: bool) -> bool {
+        let bs = page.owner_block_size();
+        if !self.in_use.alloc_unsampled(bs) {
+            return false;
+        }
+        // Read before the pop: the flag speaks of the blocks on `free`.
+        let is_zero = zero && page.free_is_zero();
+        // SAFETY: per the contract.
+        unsafe {
+            page.pop_head(b);
+            if zero {
+                zero_popped(b, bs, is_zero);
+            }
+        }
+        true
+    }
+
     /// Pops `b`, the first block of `page`'s `free`, and zeroes it if asked. If the block
     /// reaches the sampling clock's next point, returns what `sampled` makes of the block
     /// instead (not zeroed).
@@ -266,21 +311,39 @@ impl Heap {
             return sampled(page, b);
         }
         if zero {
-            // SAFETY: `b` is a block of `block_size` bytes we just took; `pop` cleared its
-            // second word.
-            unsafe {
-                if is_zero {
-                    (*b).next = ptr::null_mut();
-                } else {
-                    ptr::write_bytes(b.cast::<u8>(), 0, bs);
-                }
-            }
+            // SAFETY: `b` is a block of `bs` bytes we just took.
+            unsafe { zero_popped(b, bs, is_zero) };
         }
         b.cast()
     }
 
+    /// The page the fast path allocates a request of `size <= TABLE_MAX` bytes from: the
+    /// first of its class's queue, or the empty page (no free block).
+    #[inline(always)]
+    pub fn direct_page(&self, size: usize) -> &Page {
+        // SAFETY: `table_index` of a size up to TABLE_MAX is below TABLE_LEN; entries point
+        // to live descriptors of our queues or to the empty page.
+        unsafe { &*self.direct.get_unchecked(table_index(size)).get() }
+    }
+
+    /// The first page of `class`'s queue may have changed: the direct table follows.
+    fn queue_changed(&self, class: usize) {
+        let first = self.bins[class].first();
+        let page = if first.is_null() { EMPTY_PAGE.get() } else { first.cast_const() };
+        for i in table_indexes(class) {
+            self.direct[i].set(page);
+        }
+    }
+
     /// A page of `class` with a free block, moved to the front of its queue.
     fn find_page(&self, segs: &mut HeapSegs, class: usize) -> Option<&'static Page> {
+        let page = self.search_queue(segs, class);
+        self.queue_changed(class);
+        page
+    }
+
+    /// [`Heap::find_page`], leaving the direct table behind.
+    fn search_queue(&self, segs: &mut HeapSegs, class: usize) -> Option<&'static Page> {
         let queue = &self.bins[class];
         let mut p = queue.first();
         for _ in 0..SEARCH_LIMIT {
@@ -344,6 +407,7 @@ impl Heap {
                 bits &= bits - 1;
                 let page = &seg.pages[i];
                 self.bins[page.class()].push_front(page);
+                self.queue_changed(page.class());
             }
             if seg.kind == kind && seg.free_mask.get() != 0 {
                 return Some(seg);
@@ -362,13 +426,11 @@ impl Heap {
     #[inline(always)]
     pub unsafe fn free_local(&self, page: &Page, b: *mut Block) -> bool {
         // SAFETY: per the contract.
-        if unsafe { !page.push_local(b) } {
-            return false;
-        }
-        self.in_use.free(page.block_size());
+        let Some(used) = (unsafe { page.push_local(b) }) else { return false };
+        self.in_use.free(page.owner_block_size());
         // An empty page that is its class's only page stays (checked here, not in a call:
         // a single block allocated and freed over and over must stay on the fast path).
-        if page.used() == 0 && !PageQueue::is_alone(page) {
+        if used == 0 && !PageQueue::is_alone(page) {
             self.page_emptied(page);
         }
         true
@@ -412,6 +474,7 @@ impl Heap {
     fn give_back_page(&self, segs: &mut HeapSegs, page: &Page) {
         let area = page.area();
         self.bins[page.class()].unlink(page);
+        self.queue_changed(page.class());
         // SAFETY: the page's segment is live and ours.
         let seg = unsafe { &*(segment::segment_base(area) as *const Segment) };
         segs.release_page(seg, seg.page_index(area));
