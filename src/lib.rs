@@ -138,11 +138,13 @@ pub fn alloc_fast<const ZERO: bool>(size: usize) -> Option<ptr::NonNull<u8>> {
     if size >= options::direct_limit() {
         return None;
     }
-    let heap = heap::current()?;
-    let page = heap.direct_page(size);
-    let b = page.free_head();
-    // SAFETY: `b` is the head of the page's free list, just read, and not null.
-    if b.is_null() || unsafe { !heap.pop_unsampled(page, b, ZERO) } {
+    let (page, b, heap) = heap::direct_page(size);
+    if b.is_null() {
+        return None;
+    }
+    // SAFETY: a page with a free block is a heap's (the empty page has none), so the word is
+    // this thread's heap; `b` is the head of the page's free list, just read, and not null.
+    if unsafe { !(*heap).pop_unsampled(page, b, ZERO) } {
         return None;
     }
     ptr::NonNull::new(b.cast())

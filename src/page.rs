@@ -40,6 +40,7 @@
 //! release stores, so a collector reading it (acquire) sees the list heads as they were
 //! then. On x86-64 these orderings cost no instruction.
 
+use crate::size_class::TABLE_LEN;
 use crate::stats::{self, Gauge};
 use core::cell::Cell;
 use core::ptr;
@@ -191,6 +192,21 @@ impl EmptyPage {
         &self.0
     }
 }
+
+/// A heap's direct table: for each request size up to `TABLE_MAX` (by `table_index`), the
+/// page the malloc fast path takes a block from.
+pub type DirectTable = [Cell<*const Page>; TABLE_LEN];
+
+/// Direct tables of threads that have no heap, every entry the empty page: what a thread's
+/// heap word points to before its first allocation (`NO_HEAP[0]`, the word's initial value)
+/// and after its exit (`NO_HEAP[1]`). The fast path reads a table through the word without
+/// testing it, and finds no free block.
+pub struct NoHeapTables(pub [DirectTable; 2]);
+
+// SAFETY: the tables are never written, so sharing them shares only reads.
+unsafe impl Sync for NoHeapTables {}
+
+pub static NO_HEAP: NoHeapTables = NoHeapTables([const { [const { Cell::new(&EMPTY_PAGE.0 as *const Page) }; TABLE_LEN] }; 2]);
 
 impl Page {
     /// Sets up an unused page to hold `reserved` blocks of `block_size` bytes from `area`.

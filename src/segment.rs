@@ -71,6 +71,9 @@ pub enum OwnerHeap {}
 /// `page_count` and `span_segments` are fixed from `init` until the segment goes back.
 #[repr(C)]
 pub struct Segment {
+    /// Page descriptors (only `page_count` are meaningful). First, so that `free` finds a
+    /// page's descriptor at the segment's base plus its index times 128.
+    pub pages: [Page; MAX_PAGES],
     /// Owning thread (`os::thread_id`), 0 for none (huge, or abandoned by an exited thread).
     pub thread_id: AtomicUsize,
     /// Owning heap (null when abandoned or huge); opaque at this layer.
@@ -103,8 +106,6 @@ pub struct Segment {
     /// Links in the owner's list of segments of this kind, or in the abandoned list.
     pub next: Cell<*mut Segment>,
     pub prev: Cell<*mut Segment>,
-    /// Page descriptors (only `page_count` are meaningful).
-    pub pages: [Page; MAX_PAGES],
 }
 
 const _: () = assert!(core::mem::size_of::<Segment>() <= HEADER_SIZE);

@@ -10,6 +10,11 @@
 //! `dlopen` test checks. The symbol is hidden, so two copies of tidemalloc in one process
 //! (a preloaded library and a Rust program's own) each keep their own word.
 //!
+//! The word starts as the address of `page::NO_HEAP` (its first table), so the malloc fast
+//! path can read through it before the thread has a heap. It lives in `.tdata` with a
+//! relocation: glibc applies relocations before it copies a TLS image (at start-up, after
+//! `dlopen`, and for every new thread).
+//!
 //! Other architectures use `thread_local!`.
 
 #[cfg(target_arch = "x86_64")]
@@ -40,9 +45,9 @@ mod imp {
                 ".ifndef ",
                 word!(),
                 "\n",
-                ".pushsection .tbss.",
+                ".pushsection .tdata.",
                 word!(),
-                ",\"awT\",@nobits\n",
+                ",\"awT\",@progbits\n",
                 ".p2align 3\n",
                 ".weak ",
                 word!(),
@@ -58,14 +63,14 @@ mod imp {
                 ",8\n",
                 word!(),
                 ":\n",
-                ".zero 8\n",
+                ".quad {init}\n",
                 ".popsection\n",
                 ".endif\n",
             )
         };
     }
 
-    /// The word's value (null before the thread's first allocation).
+    /// The word's value (`page::NO_HEAP` before the thread's first allocation).
     #[inline(always)]
     #[allow(named_asm_labels)] // the label is defined once per object: see `define_word`
     pub fn get() -> *mut u8 {
@@ -78,6 +83,7 @@ mod imp {
                 concat!("mov {v}, qword ptr [rip + ", word!(), "@GOTTPOFF]"),
                 "mov {v}, qword ptr fs:[{v}]",
                 v = out(reg) v,
+                init = sym crate::page::NO_HEAP,
                 options(nostack, readonly, preserves_flags, pure),
             );
         }
@@ -96,6 +102,7 @@ mod imp {
                 "mov qword ptr fs:[{t}], {v}",
                 t = out(reg) _,
                 v = in(reg) value,
+                init = sym crate::page::NO_HEAP,
                 options(nostack, preserves_flags),
             );
         }
@@ -107,7 +114,7 @@ mod imp {
     use core::cell::Cell;
 
     thread_local! {
-        static WORD: Cell<*mut u8> = const { Cell::new(core::ptr::null_mut()) };
+        static WORD: Cell<*mut u8> = const { Cell::new(core::ptr::addr_of!(crate::page::NO_HEAP) as *mut u8) };
     }
 
     #[inline(always)]

@@ -126,9 +126,8 @@ pub fn current_or_create() -> Option<&'static Heap> {
     if h == DEAD {
         return None;
     }
-    if !h.is_null() {
-        // SAFETY: see `current`.
-        return Some(unsafe { &*h });
+    if let Some(heap) = current() {
+        return Some(heap);
     }
     ensure_init();
     let heap = META.lock().new_heap()?;

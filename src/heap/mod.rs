@@ -51,9 +51,9 @@ use crate::list::{List, Node};
 use crate::lock::Lock;
 use crate::options::{self, Opt};
 use crate::os;
-use crate::page::{Block, EMPTY_PAGE, Page};
+use crate::page::{Block, DirectTable, EMPTY_PAGE, NO_HEAP, NoHeapTables, Page};
 use crate::segment::{self, Kind, Segment};
-use crate::size_class::{NCLASSES, TABLE_LEN, class_size, table_index, table_indexes};
+use crate::size_class::{NCLASSES, class_size, table_index, table_indexes};
 use crate::stats::{self, LocalInUse};
 use collect::{ABANDONED_COUNT, collect_abandoned, pop_abandoned};
 use core::cell::Cell;
@@ -105,7 +105,7 @@ pub struct Heap {
     /// For each request size up to `TABLE_MAX` (by `table_index`), the first page of its
     /// class's queue, or the empty page: the malloc fast path's one load (hot: first in the
     /// struct). Kept in step by `queue_changed`.
-    direct: [Cell<*const Page>; TABLE_LEN],
+    direct: DirectTable,
     /// Queues of pages, one per size class.
     pub bins: [PageQueue; NCLASSES],
     /// The owning thread's `os::thread_id`.
@@ -160,8 +160,8 @@ pub fn owner_of(seg: &Segment) -> *mut Heap {
     seg.heap.get().cast()
 }
 
-/// This thread's heap (the word in `tls`): null before its first allocation, `DEAD` after
-/// its exit handler.
+/// This thread's heap (the word in `tls`): `UNBORN` before its first allocation, `DEAD`
+/// after its exit handler. All three start with a direct table.
 #[inline(always)]
 fn thread_heap() -> *mut Heap {
     crate::tls::get().cast()
@@ -171,14 +171,40 @@ fn set_thread_heap(h: *mut Heap) {
     crate::tls::set(h.cast());
 }
 
-const DEAD: *mut Heap = ptr::dangling_mut::<Heap>();
+// The thread's word points to a heap or a NO_HEAP table, and the fast path reads a direct
+// table there.
+const _: () = assert!(core::mem::offset_of!(Heap, direct) == 0);
+
+/// The word of a thread before its first allocation: the first table of `NO_HEAP`.
+const UNBORN: *mut Heap = NO_HEAP.0.as_ptr().cast_mut().cast();
+/// The word of a thread after its exit handler: the second table of `NO_HEAP`.
+const DEAD: *mut Heap = NO_HEAP.0.as_ptr().wrapping_add(1).cast_mut().cast();
+
+/// Whether the word `h` is a heap (not one of the `NO_HEAP` tables).
+#[inline(always)]
+fn is_heap(h: *mut Heap) -> bool {
+    (h as usize).wrapping_sub(UNBORN as usize) >= size_of::<NoHeapTables>()
+}
 
 /// The calling thread's heap, if it has a live one.
 #[inline(always)]
 pub fn current() -> Option<&'static Heap> {
     let h = thread_heap();
-    // SAFETY: a TLS value above DEAD is this thread's heap, which lives forever.
-    if (h as usize) > DEAD as usize { Some(unsafe { &*h }) } else { None }
+    // SAFETY: a word that is not a NO_HEAP table is this thread's heap, which lives forever.
+    if is_heap(h) { Some(unsafe { &*h }) } else { None }
+}
+
+/// The malloc fast path: the page of this thread's heap that a request of `size <=
+/// TABLE_MAX` bytes is served from, and the heap if that page has a free block (a thread
+/// with no heap finds the empty page, with none).
+#[inline(always)]
+pub fn direct_page(size: usize) -> (&'static Page, *mut Block, *mut Heap) {
+    let h = thread_heap();
+    // SAFETY: the word always points to a direct table (a heap starts with its own), whose
+    // entries are live descriptors of the heap's queues or the empty page; `table_index` of
+    // a size up to TABLE_MAX is below TABLE_LEN.
+    let page = unsafe { &*(*h.cast::<DirectTable>()).get_unchecked(table_index(size)).get() };
+    (page, page.free_head(), h)
 }
 
 /// Runs `f` on the calling thread's heap, or on the backup heap (under its lock) for a thread
@@ -317,15 +343,6 @@ impl Heap {
         b.cast()
     }
 
-    /// The page the fast path allocates a request of `size <= TABLE_MAX` bytes from: the
-    /// first of its class's queue, or the empty page (no free block).
-    #[inline(always)]
-    pub fn direct_page(&self, size: usize) -> &Page {
-        // SAFETY: `table_index` of a size up to TABLE_MAX is below TABLE_LEN; entries point
-        // to live descriptors of our queues or to the empty page.
-        unsafe { &*self.direct.get_unchecked(table_index(size)).get() }
-    }
-
     /// The first page of `class`'s queue may have changed: the direct table follows.
     fn queue_changed(&self, class: usize) {
         let first = self.bins[class].first();
@@ -337,8 +354,11 @@ impl Heap {
 
     /// A page of `class` with a free block, moved to the front of its queue.
     fn find_page(&self, segs: &mut HeapSegs, class: usize) -> Option<&'static Page> {
+        let first = self.bins[class].first();
         let page = self.search_queue(segs, class);
-        self.queue_changed(class);
+        if self.bins[class].first() != first {
+            self.queue_changed(class);
+        }
         page
     }
 
