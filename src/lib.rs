@@ -156,6 +156,11 @@ pub fn alloc_rest<const ZERO: bool>(size: usize) -> *mut u8 {
     if size < options::small_limit()
         && let Some(heap) = heap::current()
     {
+        // Below the direct limit the fast path found its class's first page empty, or the
+        // block at the sample point: straight to the slow path.
+        if size < options::direct_limit() {
+            return heap_alloc_slow(heap, class_of(size), size, MIN_ALIGN, ZERO);
+        }
         return heap_alloc(heap, class_of(size), size, MIN_ALIGN, ZERO);
     }
     alloc_cold(size, ZERO)
@@ -428,6 +433,14 @@ fn aligned_impl(align: usize, size: usize, zero: bool) -> *mut u8 {
     if align <= MIN_ALIGN {
         return alloc_impl_dyn(size, zero);
     }
+    // A power-of-two class at least as large as the request is naturally aligned (see
+    // below): the fast path's block of `align` bytes serves.
+    if size <= align {
+        let b = if zero { alloc_fast::<true>(align) } else { alloc_fast::<false>(align) };
+        if let Some(b) = b {
+            return b.as_ptr();
+        }
+    }
     heap::ensure_init();
     let threshold = mmap_threshold();
     if align > MAX_ARENA_ALIGN || (size >= threshold && large::may_map()) {
@@ -603,7 +616,35 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
 ///
 /// # Safety
 /// As for [`usable_size`].
+#[inline(always)]
 unsafe fn usable_size_or_die(p: *const u8, what: &str) -> usize {
+    match usable_fast(p) {
+        Some(n) => n,
+        // SAFETY: forwarded contract.
+        None => unsafe { usable_size_slow(p, what) },
+    }
+}
+
+/// The usable size of `p` if it is the start of a carved block (as `free`'s fast path
+/// checks it: the usable size is the block size); None for any other pointer.
+#[inline(always)]
+fn usable_fast(p: *const u8) -> Option<usize> {
+    let shift = segment::fast_page_shift(p);
+    if shift == 0 {
+        return None;
+    }
+    // SAFETY: the map says a live segment holds `p`.
+    let page = unsafe { segment::of(p) }.page_at(p, shift);
+    page.block_at(p.cast_mut())?;
+    Some(page.block_size())
+}
+
+/// [`usable_size_or_die`] for what [`usable_fast`] did not answer.
+///
+/// # Safety
+/// As for [`usable_size`].
+#[inline(never)]
+unsafe fn usable_size_slow(p: *const u8, what: &str) -> usize {
     if p.is_null() {
         return 0;
     }
@@ -637,6 +678,11 @@ fn fits_in_place(usable: usize, new_size: usize) -> bool {
 pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
     if p.is_null() {
         return malloc(new_size);
+    }
+    if let Some(usable) = usable_fast(p)
+        && fits_in_place(usable, new_size)
+    {
+        return p;
     }
     if segment::lookup(p).is_none() {
         if !large::owns(p) {
