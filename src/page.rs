@@ -206,7 +206,8 @@ pub struct NoHeapTables(pub [DirectTable; 2]);
 // SAFETY: the tables are never written, so sharing them shares only reads.
 unsafe impl Sync for NoHeapTables {}
 
-pub static NO_HEAP: NoHeapTables = NoHeapTables([const { [const { Cell::new(&EMPTY_PAGE.0 as *const Page) }; TABLE_LEN] }; 2]);
+pub static NO_HEAP: NoHeapTables =
+    NoHeapTables([const { [const { Cell::new(&EMPTY_PAGE.0 as *const Page) }; TABLE_LEN] }; 2]);
 
 impl Page {
     /// Sets up an unused page to hold `reserved` blocks of `block_size` bytes from `area`.

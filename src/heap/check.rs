@@ -3,7 +3,9 @@
 //! calls it.
 
 use super::{Heap, current, owner_of};
+use crate::page::EMPTY_PAGE;
 use crate::segment;
+use crate::size_class::table_indexes;
 use core::sync::atomic::Ordering;
 
 // ---- invariants (debug builds) ----
@@ -11,8 +13,9 @@ use core::sync::atomic::Ordering;
 /// Checks the calling thread's heap: every page in its queues is a page in use of a live
 /// segment the heap owns, in the queue of its class, with sound lists (`Page::check`); every
 /// segment the heap owns is in the segment map, owned by it, with `used_pages` and the page
-/// masks matching its pages, and every page in use of it queued exactly once. Aborts with a
-/// message on the first violation.
+/// masks matching its pages, and every page in use of it queued exactly once; each entry of
+/// the direct table is the first page of its size's class queue (or the empty page). Aborts
+/// with a message on the first violation.
 #[cfg(debug_assertions)]
 pub fn check_invariants() {
     let Some(heap) = current() else { return };
@@ -41,6 +44,12 @@ pub fn check_invariants() {
             p = page.next.get();
         }
         queued_pages += n;
+        let first = if queue.first().is_null() { EMPTY_PAGE.get() } else { queue.first().cast_const() };
+        for i in table_indexes(class) {
+            if heap.direct[i].get() != first {
+                fail("check_invariants: a direct table entry is not its class's first page", first.cast());
+            }
+        }
     }
     let segs = heap.segs().lock();
     let mut in_use_pages = 0usize;
