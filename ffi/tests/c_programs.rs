@@ -18,7 +18,6 @@
 //!   tidemalloc's pre-fork handler holds its locks;
 //! - `thread_exit.c`: 2000 threads exiting with live blocks, racing exits, key destructors
 //!   that allocate after tidemalloc's exit handler;
-//! - `adopt.c`: a new thread reuses the partly free page an exited thread left;
 //! - `tiny.c`: tidemalloc's fixed cost in a tiny process stays under 800 kB;
 //! - `late_thread.c`: 2000 threads whose first allocation comes in the last destructor round
 //!   leave neither RSS nor break behind;
@@ -377,20 +376,6 @@ fn threads_first_allocating_in_the_last_destructor_round() {
     let bin = compile("late_thread.c", Via::Preload);
     let r = exec(&bin, &[], Via::Preload, 120);
     assert_passed(&r, "late_thread", "late_thread: ok");
-}
-
-// ---- adopt.c ----
-
-/// A thread's first allocations of a size reuse the page of that size an exited thread left
-/// partly free (in the segment the new thread adopts), not a fresh page beside it.
-#[test]
-fn a_new_thread_reuses_an_exited_threads_page() {
-    if !gcc("a_new_thread_reuses_an_exited_threads_page") {
-        return;
-    }
-    let bin = compile("adopt.c", Via::Preload);
-    let r = exec(&bin, &[], Via::Preload, 60);
-    assert_passed(&r, "adopt", "adopt: ok");
 }
 
 // ---- tiny.c ----

@@ -381,14 +381,11 @@ impl Heap {
             p = next;
         }
         let page = self.fresh_page(segs, class)?;
-        if !page.has_free() {
-            page.extend();
-        }
+        page.extend();
         Some(page)
     }
 
-    /// Takes a free page for `class` and puts it at the front of the class queue; or, if
-    /// segments adopted on the way brought a page of `class` with free blocks, that page.
+    /// Takes a free page for `class` and puts it at the front of the class queue.
     fn fresh_page(&self, segs: &mut HeapSegs, class: usize) -> Option<&'static Page> {
         let bs = class_size(class);
         let kind = Kind::for_block(bs);
@@ -396,23 +393,10 @@ impl Heap {
             Some(seg) => seg,
             // Locked heaps adopt nothing: abandoned segments are for live threads, which
             // collect and give back their memory on their own slow paths.
-            None => {
-                let adopted = if is_locked_heap(self.thread_id.get()) { None } else { self.reclaim(segs, kind) };
-                // An adopted page of this class with free blocks comes before a fresh page:
-                // the blocks an exited thread's pages still have are reused, not left
-                // resident beside a new page.
-                let first = self.bins[class].first();
-                // SAFETY: pages in our queues are live descriptors of segments we own.
-                if let Some(page) = unsafe { first.as_ref() }
-                    && page.collect()
-                {
-                    return Some(page);
-                }
-                match adopted {
-                    Some(seg) => seg,
-                    None => segs.new_segment(kind, self)?,
-                }
-            }
+            None => match if is_locked_heap(self.thread_id.get()) { None } else { self.reclaim(segs, kind) } {
+                Some(seg) => seg,
+                None => segs.new_segment(kind, self)?,
+            },
         };
         let (i, fresh) = segs.take_page(seg)?;
         let (area, len) = seg.page_area(i);
