@@ -156,11 +156,8 @@ pub fn alloc_rest<const ZERO: bool>(size: usize) -> *mut u8 {
     if size < options::small_limit()
         && let Some(heap) = heap::current()
     {
-        // Below the direct limit the fast path found its class's first page empty, or the
-        // block at the sample point: straight to the slow path.
-        if size < options::direct_limit() {
-            return heap_alloc_slow(heap, class_of(size), size, MIN_ALIGN, ZERO);
-        }
+        // Also below the direct limit: the fast path left the block at the sample point
+        // on its page, which `heap_alloc` samples without the slow path.
         return heap_alloc(heap, class_of(size), size, MIN_ALIGN, ZERO);
     }
     alloc_cold(size, ZERO)

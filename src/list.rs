@@ -99,14 +99,6 @@ impl<T: Node> List<T> {
             self.push_back(n);
         }
     }
-
-    /// Whether `n` is the only node (or not on any list: both links null).
-    #[inline(always)]
-    pub fn is_alone(n: &T) -> bool {
-        let (prev, next) = n.links();
-        // One test for both (the owner's free asks this of every page it empties).
-        (prev.get() as usize | next.get() as usize) == 0
-    }
 }
 
 impl<T: Node> Default for List<T> {

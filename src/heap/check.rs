@@ -13,7 +13,8 @@ use core::sync::atomic::Ordering;
 /// Checks the calling thread's heap: every page in its queues is a page in use of a live
 /// segment the heap owns, in the queue of its class, with sound lists (`Page::check`); every
 /// segment the heap owns is in the segment map, owned by it, with `used_pages` and the page
-/// masks matching its pages, and every page in use of it queued exactly once; each entry of
+/// masks matching its pages, and every page in use of it queued exactly once; a queue's
+/// only page, and no other, kept when it empties (`retire_at`); each entry of
 /// the direct table is the first page of its size's class queue (or the empty page). Aborts
 /// with a message on the first violation.
 #[cfg(debug_assertions)]
@@ -44,6 +45,16 @@ pub fn check_invariants() {
             p = page.next.get();
         }
         queued_pages += n;
+        let kept_at = if n == 1 { u32::MAX } else { 0 };
+        let mut p = queue.first();
+        while !p.is_null() {
+            // SAFETY: as above.
+            let page = unsafe { &*p };
+            if page.retire_at() != kept_at {
+                fail("check_invariants: a page is kept when empty but not alone, or alone but not kept", page.area());
+            }
+            p = page.next.get();
+        }
         let first = if queue.first().is_null() { EMPTY_PAGE.get() } else { queue.first().cast_const() };
         for i in table_indexes(class) {
             if heap.direct[i].get() != first {

@@ -14,7 +14,7 @@ use crate::options::{self, Opt};
 use crate::os;
 use crate::segment::{PAGED_KINDS, Segment};
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, compiler_fence};
 
 pub(super) struct Abandoned(SegQueue);
 // SAFETY: the segments are only touched under the lock that owns the struct.
@@ -166,6 +166,18 @@ pub fn trim(pad: usize) -> bool {
 /// Every timed release that is due, from a slow path of `heap` (or from the background
 /// thread, with None). Cheap when none is due.
 pub fn purge_if_due(heap: Option<&Heap>) {
+    // Not inside this thread's own purge (a signal handler that interrupted it and
+    // allocates): the purge may hold the locks taken here.
+    let me = current();
+    if me.is_some_and(|h| h.purging.get()) {
+        return;
+    }
+    // Flagged before any lock is taken and cleared after the last is released, so a handler
+    // that runs in between sees the flag.
+    if let Some(h) = me {
+        h.purging.set(true);
+        compiler_fence(Ordering::SeqCst);
+    }
     if let Some(h) = heap {
         h.purge_pages_if_due();
     }
@@ -173,6 +185,10 @@ pub fn purge_if_due(heap: Option<&Heap>) {
     purge_abandoned_if_due();
     scan_heaps_if_due();
     crate::large::purge_if_due();
+    if let Some(h) = me {
+        compiler_fence(Ordering::SeqCst);
+        h.purging.set(false);
+    }
 }
 
 // ---- collecting from other threads' heaps ----

@@ -148,10 +148,19 @@ pub fn current_or_create() -> Option<&'static Heap> {
 }
 
 /// A small block for a signal handler that interrupted its thread's own locked heap work
-/// (see `Heap::lock_own`): from the backup heap, as for a thread that has exited.
+/// (see `Heap::lock_own`): from the backup heap's pages and segments, as for a thread that
+/// has exited. The interrupted code may hold any of the global locks (the arena's, the
+/// heaps' list, the abandoned list, the backup heap's), so none is waited for: null when the
+/// backup heap is taken, does not exist yet, or has no room (malloc in a signal handler is
+/// not async-signal-safe; this fails rather than hangs).
 #[cold]
 pub(super) fn alloc_reentrant(class: usize, zero: bool) -> *mut u8 {
-    with_locked_heap(&BACKUP, BACKUP_TID, |b| b.alloc_slow(class, zero, |_, blk| blk.cast())).unwrap_or(ptr::null_mut())
+    let Some(b) = BACKUP.try_lock() else { return ptr::null_mut() };
+    if b.0.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: the heap is only used under this lock, which we hold.
+    unsafe { (*b.0).alloc_in_place(class, zero) }
 }
 
 /// The cold part of `with_heap` (in `mod.rs`).

@@ -127,6 +127,13 @@ pub struct Heap {
     /// The owner holds (or is taking) its own segment lock: an allocation or free of a
     /// signal handler on this thread then must not wait for it (see `lock_own`).
     owner_locked: Cell<bool>,
+    /// The owner is inside `purge_if_due` (which takes global locks: the arena's, the
+    /// abandoned list's): a signal handler's allocation on this thread skips the purge
+    /// rather than wait for a lock its own thread holds.
+    pub(super) purging: Cell<bool>,
+    /// Set while `alloc_in_place` runs: the slow path takes no new segment (the code a
+    /// signal handler interrupted may hold the arena's lock).
+    in_place: Cell<bool>,
     /// Slow paths the owner has taken (only the owner writes it): a collector that finds it
     /// unchanged since its last look knows the heap took none in between.
     slow_paths: AtomicU32,
@@ -234,6 +241,11 @@ impl Heap {
         if self.owner_locked.get() {
             return life::alloc_reentrant(class, zero);
         }
+        // A signal handler that interrupted this thread's purge (which may hold the arena's
+        // or the abandoned list's lock): no purge, no new or adopted segment.
+        if self.purging.get() {
+            return self.alloc_in_place(class, zero);
+        }
         self.slow_paths.store(self.slow_paths.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
         self.in_use.flush();
         purge_if_due(Some(self));
@@ -246,6 +258,21 @@ impl Heap {
         let Some(page) = page else { return ptr::null_mut() };
         // SAFETY: `find_page` returns a page of ours whose `free` has a block.
         unsafe { self.pop_from(page, page.free_head(), zero, sampled) }
+    }
+
+    /// The slow path for a signal handler that interrupted its thread's own locked work (on
+    /// the backup heap, see `life::alloc_reentrant`) or its purge (on its own heap): no purge,
+    /// no new segment and none adopted, so no lock but this heap's own is taken. Null if
+    /// its pages and segments have no room.
+    pub(super) fn alloc_in_place(&self, class: usize, zero: bool) -> *mut u8 {
+        let Some(mut segs) = self.lock_own() else { return ptr::null_mut() };
+        self.in_place.set(true);
+        let page = self.find_page(&mut segs, class);
+        self.in_place.set(false);
+        drop(segs);
+        let Some(page) = page else { return ptr::null_mut() };
+        // SAFETY: `find_page` returns a page of ours whose `free` has a block.
+        unsafe { self.pop_from(page, page.free_head(), zero, |_, b| b.cast()) }
     }
 
     /// Releases the free pages of our partly used segments once they have been free for the
@@ -343,6 +370,36 @@ impl Heap {
         b.cast()
     }
 
+    /// Puts `page` at the front of `class`'s queue. A page alone in its queue is kept when
+    /// it empties (`Page::retire_at`), so the one it joins no longer is.
+    fn queue_push(&self, class: usize, page: &Page) {
+        let queue = &self.bins[class];
+        let old = queue.first();
+        queue.push_front(page);
+        // SAFETY: pages in our queues are live descriptors of segments we own.
+        match unsafe { old.as_ref() } {
+            Some(old) => {
+                old.set_alone(false);
+                page.set_alone(false);
+            }
+            None => page.set_alone(true),
+        }
+    }
+
+    /// Takes `page` off `class`'s queue; a page left alone there is kept when it empties.
+    fn queue_unlink(&self, class: usize, page: &Page) {
+        let queue = &self.bins[class];
+        queue.unlink(page);
+        page.set_alone(false);
+        let first = queue.first();
+        // SAFETY: as in `queue_push`.
+        if let Some(only) = unsafe { first.as_ref() }
+            && ptr::eq(first, queue.last.get())
+        {
+            only.set_alone(true);
+        }
+    }
+
     /// The first page of `class`'s queue may have changed: the direct table follows.
     fn queue_changed(&self, class: usize) {
         let first = self.bins[class].first();
@@ -393,8 +450,13 @@ impl Heap {
             Some(seg) => seg,
             // Locked heaps adopt nothing: abandoned segments are for live threads, which
             // collect and give back their memory on their own slow paths.
-            None => match if is_locked_heap(self.thread_id.get()) { None } else { self.reclaim(segs, kind) } {
+            None => match if is_locked_heap(self.thread_id.get()) || self.in_place.get() {
+                None
+            } else {
+                self.reclaim(segs, kind)
+            } {
                 Some(seg) => seg,
+                None if self.in_place.get() => return None,
                 None => segs.new_segment(kind, self)?,
             },
         };
@@ -402,7 +464,7 @@ impl Heap {
         let (area, len) = seg.page_area(i);
         let page = &seg.pages[i];
         page.init(class as u8, bs, area, len / bs, fresh);
-        self.bins[class].push_front(page);
+        self.queue_push(class, page);
         Some(page)
     }
 
@@ -426,7 +488,7 @@ impl Heap {
                 let i = bits.trailing_zeros() as usize;
                 bits &= bits - 1;
                 let page = &seg.pages[i];
-                self.bins[page.class()].push_front(page);
+                self.queue_push(page.class(), page);
                 self.queue_changed(page.class());
             }
             if seg.kind == kind && seg.free_mask.get() != 0 {
@@ -450,7 +512,7 @@ impl Heap {
         self.in_use.free(page.owner_block_size());
         // An empty page that is its class's only page stays (checked here, not in a call:
         // a single block allocated and freed over and over must stay on the fast path).
-        if used == 0 && !PageQueue::is_alone(page) {
+        if used == page.retire_at() {
             self.page_emptied(page);
         }
         true
@@ -462,8 +524,12 @@ impl Heap {
     #[inline(never)]
     fn page_emptied(&self, page: &Page) {
         let _errno = os::ErrnoGuard::new();
-        // A free in a signal handler that interrupted our own locked work leaves the empty
-        // page where it is (a later slow path or trim gives it back).
+        // A free in a signal handler that interrupted our own locked work, or our purge,
+        // leaves the empty page where it is (a later slow path or trim gives it back): giving
+        // it back may free its segment, which takes the arena's lock.
+        if self.purging.get() {
+            return;
+        }
         if let Some(mut segs) = self.lock_own() {
             self.give_back_page(&mut segs, page);
             drop(segs);
@@ -474,6 +540,7 @@ impl Heap {
     /// In a fork child, once every lock is released: no hold is left.
     pub(super) fn clear_owner_locked(&self) {
         self.owner_locked.set(false);
+        self.purging.set(false);
     }
 
     /// The owner takes its own segment lock. None if this thread holds it already: a signal
@@ -493,7 +560,7 @@ impl Heap {
     /// Takes `page` (ours, empty) out of its queue and gives it back to its segment.
     fn give_back_page(&self, segs: &mut HeapSegs, page: &Page) {
         let area = page.area();
-        self.bins[page.class()].unlink(page);
+        self.queue_unlink(page.class(), page);
         self.queue_changed(page.class());
         // SAFETY: the page's segment is live and ours.
         let seg = unsafe { &*(segment::segment_base(area) as *const Segment) };
