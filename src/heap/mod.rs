@@ -265,14 +265,25 @@ impl Heap {
     /// no new segment and none adopted, so no lock but this heap's own is taken. Null if
     /// its pages and segments have no room.
     pub(super) fn alloc_in_place(&self, class: usize, zero: bool) -> *mut u8 {
-        let Some(mut segs) = self.lock_own() else { return ptr::null_mut() };
+        // Not waited for either: another thread holding it (a trim, a fork) may be waiting
+        // for a lock the interrupted code holds.
+        let Some(mut segs) = self.try_lock_own() else { return ptr::null_mut() };
         self.in_place.set(true);
         let page = self.find_page(&mut segs, class);
         self.in_place.set(false);
         drop(segs);
         let Some(page) = page else { return ptr::null_mut() };
+        // A block at the sample point (this thread's own heap, profiling on) is served
+        // unsampled, and zeroed if asked: `pop_from` leaves that to the closure.
+        let unsampled = |pg: &Page, b: *mut Block| {
+            if zero {
+                // SAFETY: `b` is a block of `block_size` bytes just taken from `pg`.
+                unsafe { ptr::write_bytes(b.cast::<u8>(), 0, pg.block_size()) };
+            }
+            b.cast()
+        };
         // SAFETY: `find_page` returns a page of ours whose `free` has a block.
-        unsafe { self.pop_from(page, page.free_head(), zero, |_, b| b.cast()) }
+        unsafe { self.pop_from(page, page.free_head(), zero, unsampled) }
     }
 
     /// Releases the free pages of our partly used segments once they have been free for the
@@ -397,6 +408,14 @@ impl Heap {
             && ptr::eq(first, queue.last.get())
         {
             only.set_alone(true);
+        }
+    }
+
+    /// Points the direct entries of `class` at the empty page (the fast path then takes the
+    /// slow path for it).
+    fn direct_off(&self, class: usize) {
+        for i in table_indexes(class) {
+            self.direct[i].set(EMPTY_PAGE.get());
         }
     }
 
@@ -530,17 +549,20 @@ impl Heap {
         if self.purging.get() {
             return;
         }
-        if let Some(mut segs) = self.lock_own() {
-            self.give_back_page(&mut segs, page);
+        if let Some(mut segs) = self.lock_own()
+            && self.give_back_page(&mut segs, page)
+        {
             drop(segs);
             self.schedule_page_purge();
         }
     }
 
-    /// In a fork child, once every lock is released: no hold is left.
+    /// In a fork child once every lock is released, and for a heap being reused: no hold is
+    /// left.
     pub(super) fn clear_owner_locked(&self) {
         self.owner_locked.set(false);
         self.purging.set(false);
+        self.in_place.set(false);
     }
 
     /// The owner takes its own segment lock. None if this thread holds it already: a signal
@@ -557,14 +579,43 @@ impl Heap {
         Some(OwnSegs { heap: self, guard: Some(self.segs().lock()) })
     }
 
-    /// Takes `page` (ours, empty) out of its queue and gives it back to its segment.
-    fn give_back_page(&self, segs: &mut HeapSegs, page: &Page) {
+    /// [`Heap::lock_own`] without waiting: None also when another thread holds the lock.
+    fn try_lock_own(&self) -> Option<OwnSegs<'_>> {
+        if self.owner_locked.get() {
+            return None;
+        }
+        self.owner_locked.set(true);
+        compiler_fence(Ordering::SeqCst);
+        match self.segs().try_lock() {
+            Some(guard) => Some(OwnSegs { heap: self, guard: Some(guard) }),
+            None => {
+                compiler_fence(Ordering::SeqCst);
+                self.owner_locked.set(false);
+                None
+            }
+        }
+    }
+
+    /// Takes `page` (ours, empty) out of its queue and gives it back to its segment. False,
+    /// changing nothing, if a block of it was handed out meanwhile (by a signal handler's
+    /// malloc on this thread, whose fast path pops from the direct table).
+    fn give_back_page(&self, segs: &mut HeapSegs, page: &Page) -> bool {
+        let class = page.class();
+        // The fast path must not reach the page from here on: off the direct table first,
+        // then the count checked again (a handler may have popped before).
+        self.direct_off(class);
+        compiler_fence(Ordering::SeqCst);
+        if page.used() != 0 {
+            self.queue_changed(class);
+            return false;
+        }
         let area = page.area();
-        self.queue_unlink(page.class(), page);
-        self.queue_changed(page.class());
+        self.queue_unlink(class, page);
+        self.queue_changed(class);
         // SAFETY: the page's segment is live and ours.
         let seg = unsafe { &*(segment::segment_base(area) as *const Segment) };
         segs.release_page(seg, seg.page_index(area));
+        true
     }
 
     /// Gives every page of ours with no block in use back to its segment, even the only page
@@ -580,8 +631,7 @@ impl Heap {
                 let page = unsafe { &*p };
                 p = page.next.get();
                 page.collect_thread_free();
-                if page.used() == 0 {
-                    self.give_back_page(&mut segs, page);
+                if page.used() == 0 && self.give_back_page(&mut segs, page) {
                     released = true;
                 }
             }
