@@ -542,7 +542,6 @@ fn free_cold(p: *mut u8) {
         if c != 0 {
             perturb_freed(seg, p, c);
         }
-        // SAFETY: the pointer lies in one of our segments; `free`'s contract.
         return free_offset(seg, seg.page_of(p), p);
     }
     let _errno = os::ErrnoGuard::new();

@@ -569,6 +569,19 @@ impl Heap {
     /// handler interrupted the owner's slow path (or its page release) and allocates or
     /// frees; waiting would never end, and the structures are half updated.
     pub(super) fn lock_own(&self) -> Option<OwnSegs<'_>> {
+        self.take_own(|lock| Some(lock.lock()))
+    }
+
+    /// [`Heap::lock_own`] without waiting: None also when another thread holds the lock.
+    fn try_lock_own(&self) -> Option<OwnSegs<'_>> {
+        self.take_own(|lock| lock.try_lock())
+    }
+
+    /// The owner's hold on its segment lock, taken by `take` (None if it could not be).
+    fn take_own<'a>(
+        &'a self,
+        take: impl FnOnce(&'a Lock<HeapSegs>) -> Option<spin::mutex::SpinMutexGuard<'a, HeapSegs>>,
+    ) -> Option<OwnSegs<'a>> {
         if self.owner_locked.get() {
             return None;
         }
@@ -576,17 +589,7 @@ impl Heap {
         // that runs in between sees the flag.
         self.owner_locked.set(true);
         compiler_fence(Ordering::SeqCst);
-        Some(OwnSegs { heap: self, guard: Some(self.segs().lock()) })
-    }
-
-    /// [`Heap::lock_own`] without waiting: None also when another thread holds the lock.
-    fn try_lock_own(&self) -> Option<OwnSegs<'_>> {
-        if self.owner_locked.get() {
-            return None;
-        }
-        self.owner_locked.set(true);
-        compiler_fence(Ordering::SeqCst);
-        match self.segs().try_lock() {
+        match take(self.segs()) {
             Some(guard) => Some(OwnSegs { heap: self, guard: Some(guard) }),
             None => {
                 compiler_fence(Ordering::SeqCst);
