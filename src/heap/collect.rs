@@ -62,16 +62,19 @@ pub(super) fn schedule_abandoned_purge() {
     let _ = ABANDONED_PURGE_AT.compare_exchange(0, at.max(1), Ordering::Relaxed, Ordering::Relaxed);
 }
 
+/// Whether the round scheduled at `deadline` (ms, 0 for none) is due and this thread took it
+/// (cleared it); false when none is due or another thread took it first.
+fn claim_if_due(deadline: &AtomicU64) -> bool {
+    let at = deadline.load(Ordering::Relaxed);
+    at != 0 && os::now_ms() >= at && deadline.compare_exchange(at, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+}
+
 /// Collects the abandoned segments and the backup heap once the purge delay has passed
 /// (cheap when not due), from any thread's slow path: frees what is empty, releases free
 /// pages, and schedules the next round while any remain.
 fn purge_abandoned_if_due() {
-    let at = ABANDONED_PURGE_AT.load(Ordering::Relaxed);
-    if at == 0 || os::now_ms() < at {
+    if !claim_if_due(&ABANDONED_PURGE_AT) {
         return;
-    }
-    if ABANDONED_PURGE_AT.compare_exchange(at, 0, Ordering::Relaxed, Ordering::Relaxed).is_err() {
-        return; // another thread took this round
     }
     let _errno = os::ErrnoGuard::new();
     trim_abandoned();
@@ -233,12 +236,8 @@ const GONE_CHECK_EVERY: u32 = 8;
 /// Scans the other threads' heaps once the purge delay has passed (cheap when not due), and
 /// schedules the next scan while some heap may still hold memory to release.
 fn scan_heaps_if_due() {
-    let at = SCAN_AT.load(Ordering::Relaxed);
-    if at == 0 || os::now_ms() < at {
+    if !claim_if_due(&SCAN_AT) {
         return;
-    }
-    if SCAN_AT.compare_exchange(at, 0, Ordering::Relaxed, Ordering::Relaxed).is_err() {
-        return; // another thread took this round
     }
     let _errno = os::ErrnoGuard::new();
     if scan_heaps(false).more {

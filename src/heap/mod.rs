@@ -414,15 +414,17 @@ impl Heap {
     /// Points the direct entries of `class` at the empty page (the fast path then takes the
     /// slow path for it).
     fn direct_off(&self, class: usize) {
-        for i in table_indexes(class) {
-            self.direct[i].set(EMPTY_PAGE.get());
-        }
+        self.set_direct(class, EMPTY_PAGE.get());
     }
 
     /// The first page of `class`'s queue may have changed: the direct table follows.
     fn queue_changed(&self, class: usize) {
         let first = self.bins[class].first();
-        let page = if first.is_null() { EMPTY_PAGE.get() } else { first.cast_const() };
+        self.set_direct(class, if first.is_null() { EMPTY_PAGE.get() } else { first.cast_const() });
+    }
+
+    /// Points the direct entries of `class` at `page`.
+    fn set_direct(&self, class: usize, page: *const Page) {
         for i in table_indexes(class) {
             self.direct[i].set(page);
         }
