@@ -27,6 +27,7 @@
 //! `arena` → `os`; `large` → `os`. Nothing in the allocator allocates through the global
 //! allocator: under `LD_PRELOAD` that would be itself.
 
+#![cfg_attr(not(test), no_std)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod arena;
@@ -48,6 +49,7 @@ mod segment;
 mod size_class;
 mod stats;
 mod tls;
+mod vdso;
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
@@ -853,6 +855,11 @@ fn after_init() {
     arena::decide_brk();
     background::init();
     if prof::enabled() {
+        // What dlopen allocates is tidemalloc's, not the program's: not sampled.
+        let heap = heap::current_or_create();
+        heap.inspect(|h| h.pause_sampling());
+        prof::load_unwinder();
+        heap.inspect(|h| h.restart_sample_clock());
         // SAFETY: the handler has the required signature; atexit may allocate, which works
         // once initialisation is done.
         if unsafe { libc::atexit(prof_at_exit) } != 0 {

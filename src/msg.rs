@@ -104,6 +104,15 @@ macro_rules! eprint_noalloc {
     }};
 }
 
+/// Reports a panic (a bug in tidemalloc: an assertion that failed) with its place and
+/// message, then aborts; what a `no_std` build's panic handler calls.
+#[cold]
+#[inline(never)]
+pub fn fatal_panic(info: &core::panic::PanicInfo) -> ! {
+    crate::eprint_noalloc!("tidemalloc: internal error: {info}\n");
+    crate::os::abort()
+}
+
 /// Reports a caller's misuse of the allocator (`what` names the function and the problem)
 /// with the pointer, then aborts like glibc does.
 #[cold]

@@ -10,6 +10,7 @@
 
 use crate::stats::{self, Counter};
 use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 /// The page size this build assumes (x86-64 and aarch64 Linux with 4 KiB pages). Checked
 /// against `sysconf` when the allocator initialises.
@@ -263,19 +264,38 @@ pub fn thread_id() -> usize {
     }
 }
 
+type ClockFn = unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> libc::c_int;
+
+/// The clock_gettime to call: the vDSO's (see `vdso`), else libc's; 0 until first asked.
+static CLOCK: AtomicUsize = AtomicUsize::new(0);
+
+/// `clock_gettime(id)` (no system call either way).
+fn clock(id: libc::clockid_t) -> libc::timespec {
+    let mut f = CLOCK.load(Relaxed);
+    if f == 0 {
+        // Threads racing here all find the same answer.
+        f = match crate::vdso::function(c"__vdso_clock_gettime") {
+            0 => libc::clock_gettime as ClockFn as usize,
+            a => a,
+        };
+        CLOCK.store(f, Relaxed);
+    }
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `f` is a clock_gettime (vDSO or libc) with this signature; `ts` is a valid
+    // out-pointer.
+    unsafe { core::mem::transmute::<usize, ClockFn>(f)(id, &mut ts) };
+    ts
+}
+
 /// A coarse monotonic clock in milliseconds (vDSO: no system call).
 pub fn now_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    let ts = clock(libc::CLOCK_MONOTONIC_COARSE);
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 /// Wall-clock time in nanoseconds since the epoch (for profile time stamps).
 pub fn realtime_ns() -> i64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    let ts = clock(libc::CLOCK_REALTIME);
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
@@ -343,9 +363,21 @@ pub fn set_signal_handler(sig: i32, handler: extern "C" fn(libc::c_int)) -> bool
     unsafe { libc::sigaction(sig, &sa, ptr::null_mut()) == 0 }
 }
 
+/// The address of `name` in the shared library `file` (loaded with dlopen if the process
+/// does not have it yet, never unloaded), 0 if either is missing. Only after initialisation,
+/// as for [`global_symbol`]: dlopen allocates.
+pub fn library_symbol(file: &core::ffi::CStr, name: &core::ffi::CStr) -> usize {
+    // SAFETY: `file` is NUL-terminated; the handle is kept (never dlclose'd).
+    let h = unsafe { libc::dlopen(file.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if h.is_null() {
+        return 0;
+    }
+    // SAFETY: `h` is a live handle and `name` NUL-terminated.
+    unsafe { libc::dlsym(h, name.as_ptr()) as usize }
+}
+
 /// The address `dlsym(RTLD_DEFAULT, name)` finds (the definition the whole process binds
 /// to), 0 if none. Only after initialisation: dlsym may take the loader's lock and allocate.
-#[cfg(feature = "override")]
 pub fn global_symbol(name: &core::ffi::CStr) -> usize {
     // SAFETY: `name` is NUL-terminated; RTLD_DEFAULT searches the global scope.
     unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) as usize }

@@ -8,9 +8,10 @@ use super::life::{BACKUP, META, SAMPLES, for_each_heap, segs_of};
 use super::{Heap, current};
 use crate::arena;
 use crate::os;
-use core::cell::Cell;
+use core::cell::UnsafeCell;
+use core::mem::MaybeUninit;
 use core::ptr;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 // ---- fork ----
 //
@@ -29,12 +30,39 @@ use core::sync::atomic::Ordering;
 //   (A handler that interrupts malloc in a multi-threaded process and forks is not
 //   supported, as with glibc: the other threads may wait for what the interrupted code holds.)
 
-thread_local! {
-    /// While this thread holds the fork locks (from the pre-fork handler of a multi-threaded
-    /// fork to its parent or child handler): the signal mask to restore. None otherwise. No
-    /// other level of fork can start on this thread while it is Some (signals are blocked),
-    /// so one slot suffices.
-    static FORK_HELD: Cell<Option<libc::sigset_t>> = const { Cell::new(None) };
+/// While a thread holds the fork locks (from the pre-fork handler of a multi-threaded fork to
+/// its parent or child handler): that thread's id (`os::thread_id`, the same in the child),
+/// 0 otherwise. Only the holder writes `FORK_MASK`, and only one thread can hold the locks,
+/// so one slot suffices; no other level of fork can start on the holder's thread while it
+/// holds them (signals are blocked).
+static FORK_HOLDER: AtomicUsize = AtomicUsize::new(0);
+
+/// The holder's signal mask to restore (see `FORK_HOLDER`).
+struct ForkMask(UnsafeCell<MaybeUninit<libc::sigset_t>>);
+
+// SAFETY: only the thread named by `FORK_HOLDER` reads or writes the mask, between its
+// store of its id and its swap back to 0 (release/acquire on `FORK_HOLDER`).
+unsafe impl Sync for ForkMask {}
+
+static FORK_MASK: ForkMask = ForkMask(UnsafeCell::new(MaybeUninit::uninit()));
+
+/// Records that this thread holds the fork locks, with the mask to restore.
+fn set_fork_held(mask: libc::sigset_t) {
+    // SAFETY: this thread holds every fork lock, so no other thread is between its own
+    // `set_fork_held` and `take_fork_held`: the slot is ours.
+    unsafe { (*FORK_MASK.0.get()).write(mask) };
+    FORK_HOLDER.store(os::thread_id(), Ordering::Release);
+}
+
+/// The mask to restore if this thread holds the fork locks (clearing the record), else None.
+fn take_fork_held() -> Option<libc::sigset_t> {
+    let me = os::thread_id();
+    if FORK_HOLDER.load(Ordering::Acquire) != me {
+        return None;
+    }
+    FORK_HOLDER.store(0, Ordering::Relaxed);
+    // SAFETY: `set_fork_held` wrote the mask on this thread before naming it the holder.
+    Some(unsafe { (*FORK_MASK.0.get()).assume_init_read() })
 }
 
 pub(super) extern "C" fn fork_prepare() {
@@ -52,21 +80,21 @@ pub(super) extern "C" fn fork_prepare() {
     crate::lock::hold(&ABANDONED);
     arena::lock_for_fork();
     crate::large::lock_for_fork();
-    FORK_HELD.set(Some(mask));
+    set_fork_held(mask);
 }
 
 pub(super) extern "C" fn fork_parent() {
     // A single-threaded fork took nothing: whatever is held belongs to code this thread's
     // signal handler interrupted, which goes on when the handler returns.
-    if let Some(mask) = FORK_HELD.take() {
-        // SAFETY: fork_prepare took all of them on this thread (FORK_HELD says so).
+    if let Some(mask) = take_fork_held() {
+        // SAFETY: fork_prepare took all of them on this thread (FORK_HOLDER says so).
         unsafe { release_fork_locks() };
         os::set_signal_mask(&mask);
     }
 }
 
 pub(super) extern "C" fn fork_child() {
-    let held = FORK_HELD.take();
+    let held = take_fork_held();
     // A single-threaded fork from a signal handler that interrupted the arena: its state
     // may be half updated (see `arena::forget_free_spans`).
     let arena_interrupted = held.is_none() && arena::is_busy();

@@ -130,6 +130,11 @@ pub fn current_or_create() -> Option<&'static Heap> {
         return Some(heap);
     }
     ensure_init();
+    // Initialisation may have allocated (the dynamic loader's calls in `after_init`), and
+    // with it made this thread's heap.
+    if let Some(heap) = current() {
+        return Some(heap);
+    }
     let heap = META.lock().new_heap()?;
     heap.thread_id.set(os::thread_id());
     heap.set_owner(os::kernel_tid(), os::getpid());

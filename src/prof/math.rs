@@ -50,7 +50,7 @@ pub fn exp_m1(x: f64) -> f64 {
 
 /// e^x for `-745 <= x <= 0`: x = k ln 2 + r with |r| <= ln 2 / 2, e^r by its series.
 fn exp(x: f64) -> f64 {
-    let k = (x / LN2).round();
+    let k = round(x / LN2);
     let r = x - k * LN2;
     let (mut term, mut sum) = (1.0, 0.0);
     for n in 1..18 {
@@ -61,6 +61,24 @@ fn exp(x: f64) -> f64 {
     let k = k as i64;
     let half = k / 2;
     sum * pow2(half) * pow2(k - half)
+}
+
+/// `x` rounded to the nearest integer, halves away from zero (`f64::round`, which needs std).
+pub fn round(x: f64) -> f64 {
+    // From 2^52 up every f64 is an integer (and NaN stays NaN).
+    if x.is_nan() || x.abs() >= (1u64 << 52) as f64 {
+        return x;
+    }
+    let t = x as i64 as f64; // toward zero, exact in this range
+    let d = x - t; // x's fractional part, exact
+    let r = if d >= 0.5 {
+        t + 1.0
+    } else if d <= -0.5 {
+        t - 1.0
+    } else {
+        t
+    };
+    if r == 0.0 { x * 0.0 } else { r } // zero keeps x's sign, as std's does
 }
 
 /// 2^k for -1022 <= k <= 0 (0 below).
@@ -74,6 +92,21 @@ mod tests {
 
     fn close(a: f64, b: f64, rel: f64) -> bool {
         (a - b).abs() <= rel * b.abs().max(1e-300)
+    }
+
+    #[test]
+    fn round_matches_std() {
+        let mut cases = vec![0.0, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, 0.49999999999999994, 4503599627370495.5];
+        cases.extend([1e300, -1e300, f64::INFINITY, f64::NEG_INFINITY, (1u64 << 52) as f64 + 1.0]);
+        let mut x = 1e-3f64;
+        while x < 1e18 {
+            cases.extend([x, -x, x + 0.5, -x - 0.5]);
+            x *= 1.37;
+        }
+        for x in cases {
+            assert_eq!(round(x).to_bits(), x.round().to_bits(), "round({x})");
+        }
+        assert!(round(f64::NAN).is_nan());
     }
 
     #[test]

@@ -99,6 +99,14 @@ pub fn init() {
     }
 }
 
+/// Finds the stack unwinder (loading libgcc_s if the process lacks it), warning if there is
+/// none. Only after initialisation: dlopen allocates.
+pub fn load_unwinder() {
+    if !stack::load_unwinder() {
+        crate::eprint_noalloc!("tidemalloc: warning: no unwinder (libgcc_s.so.1): profiles will have no stacks\n");
+    }
+}
+
 /// Whether allocations are being sampled.
 #[inline]
 pub fn enabled() -> bool {
@@ -163,7 +171,7 @@ impl Sample {
     /// The estimated objects (in 1/OBJ_ONE) and bytes this sample stands for.
     fn weight(&self) -> (u64, u64) {
         let p = f32::from_bits((self.tag >> 32) as u32) as f64;
-        ((OBJ_ONE as f64 / p).round() as u64, (self.size as f64 / p).round() as u64)
+        (math::round(OBJ_ONE as f64 / p) as u64, math::round(self.size as f64 / p) as u64)
     }
 }
 

@@ -3,6 +3,10 @@
 //! distribution binaries, and the tables are there for C++ exceptions and Rust panics).
 //! The unwinder finds the tables through `dl_iterate_phdr` and keeps its own static cache;
 //! it does not call malloc for objects the dynamic loader knows.
+//!
+//! The unwinder is looked up when profiling starts ([`load_unwinder`]), not linked: a C
+//! program that does not profile never maps `libgcc_s.so.1` for tidemalloc's sake (64 KiB
+//! of resident pages in a small process).
 
 use super::scratch::{Indexed, Scratch, read_maps};
 use super::symbols;
@@ -28,15 +32,42 @@ const CONTINUE: c_int = 0;
 /// `_URC_END_OF_STACK`: stop the walk.
 const STOP: c_int = 5;
 
-unsafe extern "C" {
-    fn _Unwind_Backtrace(trace: extern "C" fn(*mut c_void, *mut c_void) -> c_int, arg: *mut c_void) -> c_int;
-    fn _Unwind_GetIP(ctx: *mut c_void) -> usize;
+type Trace = extern "C" fn(*mut c_void, *mut c_void) -> c_int;
+type BacktraceFn = unsafe extern "C" fn(Trace, *mut c_void) -> c_int;
+type GetIpFn = unsafe extern "C" fn(*mut c_void) -> usize;
+
+/// `_Unwind_Backtrace` and `_Unwind_GetIP` once [`load_unwinder`] found them, else 0.
+static UNWIND_BACKTRACE: AtomicUsize = AtomicUsize::new(0);
+static UNWIND_GET_IP: AtomicUsize = AtomicUsize::new(0);
+
+/// Finds libgcc's unwinder: in the process already (C++ and Rust programs link it), or by
+/// loading `libgcc_s.so.1`. False if neither has it. Only after initialisation: dlopen
+/// allocates.
+pub fn load_unwinder() -> bool {
+    let find = |name: &core::ffi::CStr| match crate::os::global_symbol(name) {
+        0 => crate::os::library_symbol(c"libgcc_s.so.1", name),
+        a => a,
+    };
+    let (bt, ip) = (find(c"_Unwind_Backtrace"), find(c"_Unwind_GetIP"));
+    if bt == 0 || ip == 0 {
+        return false;
+    }
+    UNWIND_GET_IP.store(ip, Release);
+    UNWIND_BACKTRACE.store(bt, Release);
+    true
+}
+
+/// `_Unwind_GetIP`. Only during a walk that [`capture`] started (which found it loaded).
+fn get_ip(ctx: *mut c_void) -> usize {
+    // SAFETY: capture starts a walk only after `load_unwinder` stored both functions (the
+    // Release store of UNWIND_BACKTRACE orders this one before it), which have these types.
+    unsafe { core::mem::transmute::<usize, GetIpFn>(UNWIND_GET_IP.load(Acquire))(ctx) }
 }
 
 extern "C" fn on_frame(ctx: *mut c_void, arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `Stack` that `capture` passed, alive and borrowed only here during
     // the walk; `ctx` is the unwinder's context for this frame.
-    let (s, ip) = unsafe { (&mut *arg.cast::<Stack>(), _Unwind_GetIP(ctx)) };
+    let (s, ip) = (unsafe { &mut *arg.cast::<Stack>() }, get_ip(ctx));
     if ip == 0 {
         return STOP;
     }
@@ -50,12 +81,18 @@ extern "C" fn on_frame(ctx: *mut c_void, arg: *mut c_void) -> c_int {
 }
 
 /// The calling thread's stack, without the `skip` innermost frames besides this function's
-/// own. `inline(never)`: the skip count counts real frames.
+/// own; empty before [`load_unwinder`] found the unwinder (the allocations of start-up up
+/// to the end of tidemalloc's initialisation). `inline(never)`: the skip count counts real
+/// frames.
 #[inline(never)]
 pub fn capture(skip: usize) -> Stack {
     let mut s = Stack { frames: [0; MAX_DEPTH], depth: 0, skip: skip + 1 };
-    // SAFETY: the callback only touches `s`, which outlives the walk.
-    unsafe { _Unwind_Backtrace(on_frame, (&mut s as *mut Stack).cast()) };
+    let bt = UNWIND_BACKTRACE.load(Acquire);
+    if bt != 0 {
+        // SAFETY: `bt` is `_Unwind_Backtrace` (see `load_unwinder`); the callback only
+        // touches `s`, which outlives the walk.
+        unsafe { core::mem::transmute::<usize, BacktraceFn>(bt)(on_frame, (&mut s as *mut Stack).cast()) };
+    }
     s
 }
 

@@ -1,5 +1,6 @@
 /* A tiny process: a few hundred small allocations, then its own peak RSS (VmHWM, kB) on
- * stdout. Run with and without the preload, the difference is tidemalloc's fixed cost. */
+ * stdout, and on a second line whether libgcc_s is mapped (1) or not (0). Run with and
+ * without the preload, the difference is tidemalloc's fixed cost. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,5 +18,12 @@ int main(void) {
     while (fgets(line, sizeof line, f))
         if (!strncmp(line, "VmHWM:", 6)) printf("%ld\n", strtol(line + 6, NULL, 10));
     fclose(f);
+    int gcc_s = 0;
+    f = fopen("/proc/self/maps", "r");
+    if (!f) return 1;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, "libgcc_s")) gcc_s = 1;
+    fclose(f);
+    printf("%d\n", gcc_s);
     return 0;
 }
