@@ -187,6 +187,11 @@ pub fn alloc_segments(n: usize, resident_first: bool) -> Option<Segments> {
         let now = os::now_ms();
         a.purge(now, false);
         if let Some((p, fresh)) = a.take_first_fit(n, resident_first) {
+            if resident_first && fresh > 0 {
+                // The block will fault its fresh segments in: release as much of the oldest
+                // resident memory in exchange, keeping RSS level (as below, when no run fits).
+                a.purge_bytes(fresh << SEGMENT_SHIFT, now);
+            }
             return Some(Segments { base: p as *mut u8, from_mmap: false, zeroed: fresh == n });
         }
         // No free run fits: fresh memory will be faulted in, so release as much resident
