@@ -36,6 +36,10 @@
 //!   exceeds its cap, it is *purged*: cut off by lowering the break when it is the free top
 //!   (beyond the trim threshold), released with madvise otherwise. RSS thus follows the live
 //!   set within the delay. Purging runs on arena operations and on heaps' slow paths.
+//! - A request that will fault fresh segments in (no free run fits it, or, for a huge block,
+//!   the run it takes is partly clean) first releases as much of the oldest resident free
+//!   memory, so churn does not pile resident free segments up to the dirty cap: RSS stays
+//!   level where the live set does, at the price of those faults.
 //! - The free spans' figures (how many, bytes dirty and clean) are published to the stats
 //!   gauges each time the lock is released ([`Locked`]).
 

@@ -27,7 +27,9 @@
 //! `arena` → `os`; `large` → `os`. Nothing in the allocator allocates through the global
 //! allocator: under `LD_PRELOAD` that would be itself.
 
-#![cfg_attr(not(test), no_std)]
+// No std on x86-64 (where the thread's heap word is assembly; elsewhere it is std's
+// `thread_local!`): the C library is then free of std's panic machinery (see ffi/).
+#![cfg_attr(all(not(test), target_arch = "x86_64"), no_std)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod arena;
@@ -851,15 +853,39 @@ pub fn format_info_xml<W: core::fmt::Write>(out: &mut W) {
 
 /// Called once initialisation is published: registers what needs registering, and decides
 /// whether the arena may move the program break (see `arena`).
+/// Runs `f` with the calling thread's sampling paused: what the dynamic loader allocates on
+/// tidemalloc's behalf is not the program's.
+fn unsampled<R>(f: impl FnOnce() -> R) -> R {
+    let heap = heap::current_or_create();
+    heap.inspect(|h| h.pause_sampling());
+    let r = f();
+    heap.inspect(|h| h.restart_sample_clock());
+    r
+}
+
+/// For `libtidemalloc.so`'s ELF constructor: with profiling on and no unwinder in the process
+/// yet (a C program), loads libgcc_s's. A constructor may call dlopen; malloc may not (see
+/// `prof::load_unwinder`). Initialises tidemalloc here only if a profiling variable is set:
+/// otherwise start-up is as without the constructor (the first malloc initialises, and
+/// registers the fork handlers then, after those the program registered before it).
+#[doc(hidden)]
+pub fn load_profiler_unwinder() {
+    if !heap::is_initialised() && os::getenv(b"TIDEMALLOC_PROF").is_none() && os::getenv(b"TIDEMALLOC_LEAKS").is_none()
+    {
+        return;
+    }
+    heap::ensure_init();
+    if prof::enabled() {
+        unsampled(|| prof::load_unwinder(true));
+    }
+}
+
 fn after_init() {
     arena::decide_brk();
     background::init();
     if prof::enabled() {
-        // What dlopen allocates is tidemalloc's, not the program's: not sampled.
-        let heap = heap::current_or_create();
-        heap.inspect(|h| h.pause_sampling());
-        prof::load_unwinder();
-        heap.inspect(|h| h.restart_sample_clock());
+        // Here, inside malloc, only a look-up (dlopen waits for `load_profiler_unwinder`).
+        unsampled(|| prof::load_unwinder(false));
         // SAFETY: the handler has the required signature; atexit may allocate, which works
         // once initialisation is done.
         if unsafe { libc::atexit(prof_at_exit) } != 0 {

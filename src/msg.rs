@@ -109,7 +109,11 @@ macro_rules! eprint_noalloc {
 #[cold]
 #[inline(never)]
 pub fn fatal_panic(info: &core::panic::PanicInfo) -> ! {
-    crate::eprint_noalloc!("tidemalloc: internal error: {info}\n");
+    static PANICKING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    // A panic while reporting one (formatting the message) aborts without a second try.
+    if !PANICKING.swap(true, core::sync::atomic::Ordering::Relaxed) {
+        crate::eprint_noalloc!("tidemalloc: internal error: {info}\n");
+    }
     crate::os::abort()
 }
 

@@ -274,7 +274,7 @@ fn clock(id: libc::clockid_t) -> libc::timespec {
     let mut f = CLOCK.load(Relaxed);
     if f == 0 {
         // Threads racing here all find the same answer.
-        f = match crate::vdso::function(c"__vdso_clock_gettime") {
+        f = match crate::vdso::function(crate::vdso::CLOCK_GETTIME) {
             0 => libc::clock_gettime as ClockFn as usize,
             a => a,
         };
@@ -385,7 +385,6 @@ pub fn global_symbol(name: &core::ffi::CStr) -> usize {
 
 /// The load address of the object (executable or shared library) that contains `addr`, 0 if
 /// none (dladdr). Only after initialisation, as for [`global_symbol`].
-#[cfg(feature = "override")]
 pub fn object_base(addr: usize) -> usize {
     let mut info = libc::Dl_info {
         dli_fname: ptr::null(),

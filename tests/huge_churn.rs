@@ -28,6 +28,9 @@ fn rss_follows_live_huge_blocks_through_churn() {
     assert!(tidemalloc::set_option(Opt::MmapThreshold, 64 * MIB));
     // No purge by age (see the header).
     assert!(tidemalloc::set_option(Opt::PurgeDelay, 1 << 30));
+    // No transparent huge pages: a fault in a block's untouched tail would bring in 2 MiB.
+    // SAFETY: prctl with these arguments only sets a flag of this process.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) }, 0);
     let mut rng = Rng::new(0x004A_6EC4);
     let rss0 = rss();
     let (mut live, mut peak_live, mut peak_over) = (0usize, 0usize, 0isize);
@@ -55,6 +58,9 @@ fn rss_follows_live_huge_blocks_through_churn() {
         }
         blocks.push((p as usize, size));
         live += size;
+        if step == 0 {
+            assert_eq!(tidemalloc::stats().huge_blocks, 1, "the block is not a huge span of the arena");
+        }
         peak_live = peak_live.max(live);
         // Above the live set: resident free memory, and the blocks' partly used last pages.
         peak_over = peak_over.max(rss() as isize - rss0 as isize - live as isize);

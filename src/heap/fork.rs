@@ -32,7 +32,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// While a thread holds the fork locks (from the pre-fork handler of a multi-threaded fork to
 /// its parent or child handler): that thread's id (`os::thread_id`, the same in the child),
-/// 0 otherwise. Only the holder writes `FORK_MASK`, and only one thread can hold the locks,
+/// 0 otherwise. Only the holder touches `FORK_MASK`, and only one thread can hold the locks,
 /// so one slot suffices; no other level of fork can start on the holder's thread while it
 /// holds them (signals are blocked).
 static FORK_HOLDER: AtomicUsize = AtomicUsize::new(0);
@@ -40,8 +40,8 @@ static FORK_HOLDER: AtomicUsize = AtomicUsize::new(0);
 /// The holder's signal mask to restore (see `FORK_HOLDER`).
 struct ForkMask(UnsafeCell<MaybeUninit<libc::sigset_t>>);
 
-// SAFETY: only the thread named by `FORK_HOLDER` reads or writes the mask, between its
-// store of its id and its swap back to 0 (release/acquire on `FORK_HOLDER`).
+// SAFETY: the mask is written and read only by a thread that holds every fork lock (after
+// taking them, before releasing them), so by one thread at a time.
 unsafe impl Sync for ForkMask {}
 
 static FORK_MASK: ForkMask = ForkMask(UnsafeCell::new(MaybeUninit::uninit()));
@@ -60,9 +60,11 @@ fn take_fork_held() -> Option<libc::sigset_t> {
     if FORK_HOLDER.load(Ordering::Acquire) != me {
         return None;
     }
+    // SAFETY: `set_fork_held` wrote the mask on this thread before naming it the holder,
+    // and this thread still holds the fork locks.
+    let mask = unsafe { (*FORK_MASK.0.get()).assume_init_read() };
     FORK_HOLDER.store(0, Ordering::Relaxed);
-    // SAFETY: `set_fork_held` wrote the mask on this thread before naming it the holder.
-    Some(unsafe { (*FORK_MASK.0.get()).assume_init_read() })
+    Some(mask)
 }
 
 pub(super) extern "C" fn fork_prepare() {

@@ -88,6 +88,11 @@ pub fn ensure_init() {
     }
 }
 
+/// Whether initialisation is done.
+pub fn is_initialised() -> bool {
+    INIT.load(Ordering::Acquire) == INIT_DONE
+}
+
 #[cold]
 fn init_slow() {
     if INIT.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_err() {

@@ -45,7 +45,7 @@ mod segs;
 pub use check::check_invariants;
 pub use collect::{note_remote_free, purge_if_due, scan_idle_heaps, scan_period, trim};
 pub use huge::{alloc_huge, free_huge};
-pub use life::{SAMPLE_TID, current_or_create, ensure_init, pending_in_use, with_sample_heap};
+pub use life::{SAMPLE_TID, current_or_create, ensure_init, is_initialised, pending_in_use, with_sample_heap};
 
 use crate::list::{List, Node};
 use crate::lock::Lock;

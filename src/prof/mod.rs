@@ -99,11 +99,15 @@ pub fn init() {
     }
 }
 
-/// Finds the stack unwinder (loading libgcc_s if the process lacks it), warning if there is
-/// none. Only after initialisation: dlopen allocates.
-pub fn load_unwinder() {
-    if !stack::load_unwinder() {
-        crate::eprint_noalloc!("tidemalloc: warning: no unwinder (libgcc_s.so.1): profiles will have no stacks\n");
+/// Finds the stack unwinder (see `stack::load_unwinder`): true if stacks can be captured.
+pub(crate) fn load_unwinder(may_load: bool) -> bool {
+    stack::load_unwinder(may_load)
+}
+
+/// Warns, when a profile or leak report is written, that its stacks are empty.
+fn warn_if_no_unwinder() {
+    if !stack::has_unwinder() {
+        crate::eprint_noalloc!("tidemalloc: warning: no unwinder (libgcc_s.so.1): the report has no stacks\n");
     }
 }
 
@@ -283,6 +287,9 @@ pub fn after_fork_child() {
 /// errno set) if profiling is off, a dump is running already, or the file could not be
 /// written.
 pub fn dump(path: Option<&CStr>) -> bool {
+    if enabled() {
+        warn_if_no_unwinder();
+    }
     pprof::dump(path)
 }
 
@@ -292,6 +299,7 @@ pub fn at_exit() {
     if !enabled() {
         return;
     }
+    warn_if_no_unwinder();
     if options::get(Opt::Prof) != 0 {
         pprof::dump(None);
     }
@@ -302,6 +310,9 @@ pub fn at_exit() {
 
 /// Writes the leak report (sampled blocks still live, by stack) to `fd`.
 pub fn leak_report(fd: i32) {
+    if enabled() {
+        warn_if_no_unwinder();
+    }
     leaks::report(fd);
 }
 

@@ -6,7 +6,8 @@
 //!
 //! The unwinder is looked up when profiling starts ([`load_unwinder`]), not linked: a C
 //! program that does not profile never maps `libgcc_s.so.1` for tidemalloc's sake (64 KiB
-//! of resident pages in a small process).
+//! of resident pages in a small process). Where the process has none, `libtidemalloc.so`
+//! loads it from its ELF constructor.
 
 use super::scratch::{Indexed, Scratch, read_maps};
 use super::symbols;
@@ -40,21 +41,36 @@ type GetIpFn = unsafe extern "C" fn(*mut c_void) -> usize;
 static UNWIND_BACKTRACE: AtomicUsize = AtomicUsize::new(0);
 static UNWIND_GET_IP: AtomicUsize = AtomicUsize::new(0);
 
-/// Finds libgcc's unwinder: in the process already (C++ and Rust programs link it), or by
-/// loading `libgcc_s.so.1`. False if neither has it. Only after initialisation: dlopen
-/// allocates.
-pub fn load_unwinder() -> bool {
-    let find = |name: &core::ffi::CStr| match crate::os::global_symbol(name) {
-        0 => crate::os::library_symbol(c"libgcc_s.so.1", name),
-        a => a,
-    };
-    let (bt, ip) = (find(c"_Unwind_Backtrace"), find(c"_Unwind_GetIP"));
-    if bt == 0 || ip == 0 {
-        return false;
+/// Finds libgcc's unwinder in the process (C++ and Rust programs link it: both functions
+/// from one object), or with `may_load` by loading `libgcc_s.so.1`. False if there is none.
+/// Only after initialisation: dlsym and dlopen allocate; `may_load` only where dlopen may
+/// run (an ELF constructor, not inside malloc: its first call may come from inside the
+/// dynamic loader, holding locks dlopen takes).
+pub fn load_unwinder(may_load: bool) -> bool {
+    if has_unwinder() {
+        return true;
+    }
+    let os = crate::os::object_base;
+    let (mut bt, mut ip) = (crate::os::global_symbol(c"_Unwind_Backtrace"), crate::os::global_symbol(c"_Unwind_GetIP"));
+    if bt == 0 || ip == 0 || os(bt) != os(ip) {
+        if !may_load {
+            return false;
+        }
+        let lib = c"libgcc_s.so.1";
+        (bt, ip) =
+            (crate::os::library_symbol(lib, c"_Unwind_Backtrace"), crate::os::library_symbol(lib, c"_Unwind_GetIP"));
+        if bt == 0 || ip == 0 {
+            return false;
+        }
     }
     UNWIND_GET_IP.store(ip, Release);
     UNWIND_BACKTRACE.store(bt, Release);
     true
+}
+
+/// Whether stacks can be captured (the unwinder was found).
+pub fn has_unwinder() -> bool {
+    UNWIND_BACKTRACE.load(Acquire) != 0
 }
 
 /// `_Unwind_GetIP`. Only during a walk that [`capture`] started (which found it loaded).
@@ -81,8 +97,8 @@ extern "C" fn on_frame(ctx: *mut c_void, arg: *mut c_void) -> c_int {
 }
 
 /// The calling thread's stack, without the `skip` innermost frames besides this function's
-/// own; empty before [`load_unwinder`] found the unwinder (the allocations of start-up up
-/// to the end of tidemalloc's initialisation). `inline(never)`: the skip count counts real
+/// own; empty before [`load_unwinder`] found the unwinder (in a C program, the allocations
+/// before the library's constructor ran). `inline(never)`: the skip count counts real
 /// frames.
 #[inline(never)]
 pub fn capture(skip: usize) -> Stack {

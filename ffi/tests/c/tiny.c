@@ -21,8 +21,11 @@ int main(void) {
     int gcc_s = 0;
     f = fopen("/proc/self/maps", "r");
     if (!f) return 1;
-    while (fgets(line, sizeof line, f))
-        if (strstr(line, "libgcc_s")) gcc_s = 1;
+    char *l = NULL;
+    size_t cap = 0;
+    while (getline(&l, &cap, f) > 0)
+        if (strstr(l, "libgcc_s")) gcc_s = 1;
+    free(l);
     fclose(f);
     printf("%d\n", gcc_s);
     return 0;
