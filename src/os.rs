@@ -269,17 +269,25 @@ type ClockFn = unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> lib
 /// The clock_gettime to call: the vDSO's (see `vdso`), else libc's; 0 until first asked.
 static CLOCK: AtomicUsize = AtomicUsize::new(0);
 
+/// Looks the clock up once (threads racing here all find the same answer).
+#[cold]
+#[inline(never)]
+fn find_clock() -> usize {
+    let f = match crate::vdso::function(crate::vdso::CLOCK_GETTIME) {
+        0 => libc::clock_gettime as ClockFn as usize,
+        a => a,
+    };
+    CLOCK.store(f, Relaxed);
+    f
+}
+
 /// `clock_gettime(id)` (no system call either way).
+#[inline(always)]
 fn clock(id: libc::clockid_t) -> libc::timespec {
-    let mut f = CLOCK.load(Relaxed);
-    if f == 0 {
-        // Threads racing here all find the same answer.
-        f = match crate::vdso::function(crate::vdso::CLOCK_GETTIME) {
-            0 => libc::clock_gettime as ClockFn as usize,
-            a => a,
-        };
-        CLOCK.store(f, Relaxed);
-    }
+    let f = match CLOCK.load(Relaxed) {
+        0 => find_clock(),
+        f => f,
+    };
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `f` is a clock_gettime (vDSO or libc) with this signature; `ts` is a valid
     // out-pointer.
