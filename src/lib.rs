@@ -851,8 +851,6 @@ pub fn format_info_xml<W: core::fmt::Write>(out: &mut W) {
     let _ = report::write_xml(&stats(), out);
 }
 
-/// Called once initialisation is published: registers what needs registering, and decides
-/// whether the arena may move the program break (see `arena`).
 /// Runs `f` with the calling thread's sampling paused: what the dynamic loader allocates on
 /// tidemalloc's behalf is not the program's.
 fn unsampled<R>(f: impl FnOnce() -> R) -> R {
@@ -880,6 +878,8 @@ pub fn load_profiler_unwinder() {
     }
 }
 
+/// Called once initialisation is published: registers what needs registering, and decides
+/// whether the arena may move the program break (see `arena`).
 fn after_init() {
     arena::decide_brk();
     background::init();

@@ -106,7 +106,7 @@ pub(crate) fn load_unwinder(may_load: bool) -> bool {
 
 /// Warns, when a profile or leak report is written, that its stacks are empty.
 fn warn_if_no_unwinder() {
-    if !stack::has_unwinder() {
+    if enabled() && !stack::has_unwinder() {
         crate::eprint_noalloc!("tidemalloc: warning: no unwinder (libgcc_s.so.1): the report has no stacks\n");
     }
 }
@@ -287,9 +287,7 @@ pub fn after_fork_child() {
 /// errno set) if profiling is off, a dump is running already, or the file could not be
 /// written.
 pub fn dump(path: Option<&CStr>) -> bool {
-    if enabled() {
-        warn_if_no_unwinder();
-    }
+    warn_if_no_unwinder();
     pprof::dump(path)
 }
 
@@ -310,9 +308,7 @@ pub fn at_exit() {
 
 /// Writes the leak report (sampled blocks still live, by stack) to `fd`.
 pub fn leak_report(fd: i32) {
-    if enabled() {
-        warn_if_no_unwinder();
-    }
+    warn_if_no_unwinder();
     leaks::report(fd);
 }
 

@@ -50,9 +50,9 @@ pub fn load_unwinder(may_load: bool) -> bool {
     if has_unwinder() {
         return true;
     }
-    let os = crate::os::object_base;
+    let object_of = crate::os::object_base;
     let (mut bt, mut ip) = (crate::os::global_symbol(c"_Unwind_Backtrace"), crate::os::global_symbol(c"_Unwind_GetIP"));
-    if bt == 0 || ip == 0 || os(bt) != os(ip) {
+    if bt == 0 || ip == 0 || object_of(bt) != object_of(ip) {
         if !may_load {
             return false;
         }
