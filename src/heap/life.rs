@@ -274,6 +274,7 @@ impl Meta {
         // A handler that left its thread's locked work or purge by a long jump left the
         // flags set: a reused heap starts without them.
         heap.clear_owner_locked();
+        heap.clear_borrowed();
         heap.pages_purge_at.set(0);
         heap.slow_paths.store(0, Ordering::Relaxed);
         self.recent[self.recent_next % RECENT] = h;

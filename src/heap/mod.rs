@@ -91,6 +91,11 @@ impl Drop for OwnSegs<'_> {
 
 /// Pages of a size-class queue the slow path examines before taking a fresh page.
 const SEARCH_LIMIT: usize = 8;
+/// Blocks a class without a page takes from a larger class's page before it gets its own.
+const BORROW_MAX: u8 = 16;
+/// Classes above this size do not borrow: the program touches their blocks whole, so a page
+/// of their own costs little more than the block.
+const BORROW_SIZE_MAX: usize = 2048;
 /// Abandoned segments adopted per fresh-page request, at most.
 const RECLAIM_LIMIT: usize = 4;
 
@@ -134,6 +139,9 @@ pub struct Heap {
     /// Set while `alloc_in_place` runs: the slow path takes no new segment (the code a
     /// signal handler interrupted may hold the arena's lock).
     in_place: Cell<bool>,
+    /// Blocks each class has taken from a larger class's page while it had no page of its own
+    /// (see `borrow_page`).
+    borrowed: [Cell<u8>; NCLASSES],
     /// Slow paths the owner has taken (only the owner writes it): a collector that finds it
     /// unchanged since its last look knows the heap took none in between.
     slow_paths: AtomicU32,
@@ -458,9 +466,40 @@ impl Heap {
             queue.move_back(page);
             p = next;
         }
+        if queue.first().is_null()
+            && let Some(page) = self.borrow_page(class)
+        {
+            return Some(page);
+        }
         let page = self.fresh_page(segs, class)?;
         page.extend();
         Some(page)
+    }
+
+    /// A free block for `class`, which has no page, from the first page of one of the next
+    /// classes up (at most 25% larger), if that page has one already carved: the first few
+    /// blocks of a class a program uses rarely then touch no page of their own (a 4 KiB page
+    /// per class, in a small process, is most of its heap). At most `BORROW_MAX` per class,
+    /// and not for power-of-two classes.
+    fn borrow_page(&self, class: usize) -> Option<&'static Page> {
+        let (n, bs) = (self.borrowed[class].get(), class_size(class));
+        // A power-of-two class serves aligned requests by its blocks' natural alignment,
+        // which a larger class's blocks do not have.
+        if n >= BORROW_MAX || bs > BORROW_SIZE_MAX || bs.is_power_of_two() {
+            return None;
+        }
+        for c in class + 1..NCLASSES {
+            if class_size(c) > bs + bs / 4 {
+                break;
+            }
+            // SAFETY: pages in our queues are live descriptors of segments we own.
+            let Some(page) = (unsafe { self.bins[c].first().as_ref() }) else { continue };
+            if !page.free_head().is_null() || page.collect() {
+                self.borrowed[class].set(n + 1);
+                return Some(page);
+            }
+        }
+        None
     }
 
     /// Takes a free page for `class` and puts it at the front of the class queue.
@@ -557,6 +596,11 @@ impl Heap {
             drop(segs);
             self.schedule_page_purge();
         }
+    }
+
+    /// A reused heap's classes may borrow again.
+    pub(super) fn clear_borrowed(&self) {
+        self.borrowed.iter().for_each(|b| b.set(0));
     }
 
     /// In a fork child once every lock is released, and for a heap being reused: no hold is
