@@ -93,8 +93,9 @@ impl Drop for OwnSegs<'_> {
 const SEARCH_LIMIT: usize = 8;
 /// Blocks a class without a page takes from a larger class's page before it gets its own.
 const BORROW_MAX: u8 = 16;
-/// Classes above this size do not borrow: the program touches their blocks whole, so a page
-/// of their own costs little more than the block.
+/// Classes above this size do not borrow (the largest that does is 1792: power-of-two
+/// classes never do): the program touches their blocks whole, so a page of their own costs
+/// little more than the block.
 const BORROW_SIZE_MAX: usize = 2048;
 /// Abandoned segments adopted per fresh-page request, at most.
 const RECLAIM_LIMIT: usize = 4;
@@ -480,7 +481,9 @@ impl Heap {
     /// classes up (at most 25% larger), if that page has one already carved: the first few
     /// blocks of a class a program uses rarely then touch no page of their own (a 4 KiB page
     /// per class, in a small process, is most of its heap). At most `BORROW_MAX` per class,
-    /// and not for power-of-two classes.
+    /// and not for power-of-two classes. (A signal handler's allocation that borrows touches
+    /// the lender's page: like any allocation in a handler that interrupts malloc or free on
+    /// that page, it is not safe; see `life::alloc_reentrant` for what is.)
     fn borrow_page(&self, class: usize) -> Option<&'static Page> {
         let (n, bs) = (self.borrowed[class].get(), class_size(class));
         // A power-of-two class serves aligned requests by its blocks' natural alignment,
