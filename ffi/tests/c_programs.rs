@@ -48,7 +48,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// How a program gets tidemalloc.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Via {
     Preload,
     Link,
@@ -92,6 +92,10 @@ fn compile_now(source: &str, via: Via) -> PathBuf {
         .arg(src(source))
         .arg("-o")
         .arg(&out);
+    if source == "initsig.c" {
+        // Its sysconf must interpose libc's for the library, preloaded or linked.
+        cmd.arg("-Wl,--export-dynamic-symbol=sysconf");
+    }
     if via == Via::Link {
         // --no-as-needed: a C++ program may reference tidemalloc only weakly (its malloc is
         // called from libstdc++), and the library must still be loaded.
@@ -293,6 +297,38 @@ fn fork_child_threads_reuse_parent_thread_ids() {
     let r = exec(&bin, &["reuse"], Via::Preload, 120);
     assert_eq!(r.status.signal(), None, "fork test killed by a signal (SIGALRM = deadlock):\n{}", r.tail(30));
     assert_passed(&r, "fork reuse", "all exited 0");
+}
+
+// ---- initsig.c ----
+
+/// Allocations while the first malloc's initialisation is under way: from a signal handler
+/// on the initialising thread, in a child a handler forked there, in a child of a thread
+/// that forked there. Each case alone (each hung before), then all three in one run.
+fn check_initsig(via: Via) {
+    let bin = compile("initsig.c", via);
+    for mode in ["handler", "handler-fork", "thread-fork", ""] {
+        let args: &[&str] = if mode.is_empty() { &[] } else { &[mode] };
+        let r = exec(&bin, args, via, 60);
+        let what = format!("initsig {mode} ({via:?})");
+        assert!(!r.timed_out && r.status.signal().is_none(), "{what}: killed (SIGALRM = hang):\n{}", r.tail(30));
+        assert_passed(&r, &what, "all passed");
+    }
+}
+
+#[test]
+fn allocation_during_initialisation_preloaded() {
+    if !gcc("allocation_during_initialisation_preloaded") {
+        return;
+    }
+    check_initsig(Via::Preload);
+}
+
+#[test]
+fn allocation_during_initialisation_linked() {
+    if !gcc("allocation_during_initialisation_linked") {
+        return;
+    }
+    check_initsig(Via::Link);
 }
 
 // ---- sigfork.c ----

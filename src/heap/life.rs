@@ -15,7 +15,7 @@ use crate::os;
 use crate::segment::PAGED_KINDS;
 use crate::stats;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 // ---- global state ----
 
@@ -73,14 +73,25 @@ pub(super) fn is_locked_heap(tid: usize) -> bool {
     tid == BACKUP_TID || tid == SAMPLE_TID
 }
 
-static INIT: AtomicU8 = AtomicU8::new(0);
-const INIT_DONE: u8 = 2;
+/// `INIT_DONE` once initialisation is published; before, 0 or the `os::thread_id` of the
+/// thread running it.
+static INIT: AtomicUsize = AtomicUsize::new(0);
+const INIT_DONE: usize = 1;
+/// The process the initialising thread runs in, written just after it claims `INIT` (0 for
+/// that instant): a fork child can tell that the initialiser stayed behind in its parent.
+static INIT_PID: AtomicI32 = AtomicI32::new(0);
 static KEY: AtomicU32 = AtomicU32::new(0);
 
 // ---- initialisation and heap life cycle ----
 
 /// One-time set-up: options, the thread-exit key, fork handlers. Nothing here allocates
 /// through malloc before `INIT_DONE` is published; what follows it may.
+///
+/// It returns before initialisation is done in one case: on the initialising thread itself,
+/// re-entered by a signal handler that interrupted it, in this process or in a child the
+/// handler forked. Waiting there would never end; the handler's calls go on with the
+/// options read so far (defaults for the rest), and its heap gets its exit key when the
+/// interrupted initialisation publishes.
 #[inline]
 pub fn ensure_init() {
     if INIT.load(Ordering::Acquire) != INIT_DONE {
@@ -93,13 +104,53 @@ pub fn is_initialised() -> bool {
     INIT.load(Ordering::Acquire) == INIT_DONE
 }
 
+/// What a thread that finds initialisation not done does.
+#[derive(Debug, PartialEq)]
+enum InitTurn {
+    /// Initialise (the claim succeeded).
+    Run,
+    /// Return: done, or this thread's own initialisation is interrupted (see `ensure_init`).
+    Return,
+    /// Another thread of this process is initialising: wait and look again.
+    Wait,
+}
+
+/// Claims initialisation or says what to do instead. `me` and `pid` are the caller's thread
+/// and process. A fork child whose parent was initialising on another thread (which does not
+/// exist in the child, so would never finish) takes it over.
+fn claim_init(init: &AtomicUsize, init_pid: &AtomicI32, me: usize, pid: i32) -> InitTurn {
+    let owner = match init.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {
+            init_pid.store(pid, Ordering::Release);
+            return InitTurn::Run;
+        }
+        Err(owner) => owner,
+    };
+    if owner == INIT_DONE || owner == me {
+        return InitTurn::Return;
+    }
+    // 0: the owner is between its claim and its pid store (a fork child copied that
+    // instant: it waits forever, as for a fork at any instant before the handlers exist).
+    let owner_pid = init_pid.load(Ordering::Acquire);
+    if owner_pid != 0
+        && owner_pid != pid
+        && init.compare_exchange(owner, me, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    {
+        init_pid.store(pid, Ordering::Release);
+        return InitTurn::Run;
+    }
+    InitTurn::Wait
+}
+
 #[cold]
 fn init_slow() {
-    if INIT.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
-        while INIT.load(Ordering::Acquire) != INIT_DONE {
-            os::yield_now();
+    let (me, pid) = (os::thread_id(), os::getpid());
+    loop {
+        match claim_init(&INIT, &INIT_PID, me, pid) {
+            InitTurn::Run => break,
+            InitTurn::Return => return,
+            InitTurn::Wait => os::yield_now(),
         }
-        return;
     }
     crate::options::load_from_env();
     crate::prof::init();
@@ -117,10 +168,21 @@ fn init_slow() {
     unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) };
     KEY.store(key, Ordering::Relaxed);
     INIT.store(INIT_DONE, Ordering::Release);
+    // A signal handler that interrupted us may have made this thread's heap without a key.
+    if let Some(heap) = current() {
+        set_exit_key(heap);
+    }
     // SAFETY: the handlers have the required signature; glibc may allocate here, which works
     // now that initialisation is published.
     unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
     crate::after_init();
+}
+
+/// Has the thread-exit handler run for `heap`, this thread's heap.
+fn set_exit_key(heap: &Heap) {
+    // SAFETY: the key was created in init_slow; glibc stores values of low keys without
+    // allocating (and if it did, the TLS slot is already set, so the call would succeed).
+    unsafe { libc::pthread_setspecific(KEY.load(Ordering::Relaxed), (heap as *const Heap).cast()) };
 }
 
 /// The calling thread's heap, creating it on first use; None if the thread has exited (its
@@ -151,9 +213,11 @@ pub fn current_or_create() -> Option<&'static Heap> {
     }
     heap.restart_sample_clock();
     set_thread_heap(heap as *const Heap as *mut Heap);
-    // SAFETY: the key was created in ensure_init; glibc stores values of low keys without
-    // allocating (and if it did, the TLS slot is already set, so the call would succeed).
-    unsafe { libc::pthread_setspecific(KEY.load(Ordering::Relaxed), (heap as *const Heap).cast()) };
+    // Not yet initialised: a signal handler interrupted this thread's initialisation, which
+    // sets the key when it publishes (see `ensure_init`).
+    if is_initialised() {
+        set_exit_key(heap);
+    }
     Some(heap)
 }
 
@@ -390,4 +454,40 @@ pub fn pending_in_use() -> isize {
     // SAFETY: heaps are never freed, and `pending` reads an atomic.
     for_each_heap(|h| sum += unsafe { (*h).in_use.pending() });
     sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: usize = 0x7000_0000_1000; // thread ids
+    const B: usize = 0x7000_0000_2000;
+
+    #[test]
+    fn first_claims_then_others_wait() {
+        let (init, pid) = (AtomicUsize::new(0), AtomicI32::new(0));
+        assert_eq!(claim_init(&init, &pid, A, 10), InitTurn::Run);
+        assert_eq!((init.load(Ordering::Relaxed), pid.load(Ordering::Relaxed)), (A, 10));
+        assert_eq!(claim_init(&init, &pid, B, 10), InitTurn::Wait);
+        init.store(INIT_DONE, Ordering::Relaxed);
+        assert_eq!(claim_init(&init, &pid, B, 10), InitTurn::Return);
+    }
+
+    #[test]
+    fn the_initialiser_reentered_does_not_wait() {
+        let (init, pid) = (AtomicUsize::new(A), AtomicI32::new(10));
+        assert_eq!(claim_init(&init, &pid, A, 10), InitTurn::Return); // a signal handler
+        assert_eq!(claim_init(&init, &pid, A, 11), InitTurn::Return); // a child it forked
+        assert_eq!(init.load(Ordering::Relaxed), A);
+    }
+
+    #[test]
+    fn a_fork_child_takes_over_from_a_thread_left_in_the_parent() {
+        let (init, pid) = (AtomicUsize::new(A), AtomicI32::new(10));
+        assert_eq!(claim_init(&init, &pid, B, 11), InitTurn::Run);
+        assert_eq!((init.load(Ordering::Relaxed), pid.load(Ordering::Relaxed)), (B, 11));
+        // Copied between the claim and the pid's store: nothing to go by.
+        let (init, pid) = (AtomicUsize::new(A), AtomicI32::new(0));
+        assert_eq!(claim_init(&init, &pid, B, 11), InitTurn::Wait);
+    }
 }
