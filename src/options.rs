@@ -146,6 +146,11 @@ static STORE_LOCK: crate::lock::Lock<()> = crate::lock::Lock::new(());
 /// byte.
 fn store(opt: Opt, value: usize) {
     let _serial = STORE_LOCK.lock();
+    store_serialised(opt, value);
+}
+
+/// [`store`] for a caller that holds `STORE_LOCK`.
+fn store_serialised(opt: Opt, value: usize) {
     VALUES[opt as usize].store(value, Relaxed);
     if matches!(opt, Opt::MmapThreshold | Opt::Perturb) {
         let limit = get(Opt::MmapThreshold).min(crate::size_class::MAX_CLASS_SIZE + 1);
@@ -175,8 +180,18 @@ pub fn adapt_threshold(len: usize) {
     if FIXED.load(Relaxed) || len <= get(Opt::MmapThreshold) || len > DYNAMIC_THRESHOLD_MAX {
         return;
     }
-    store(Opt::MmapThreshold, len);
-    store(Opt::TrimThreshold, 2 * len);
+    // A signal handler's free may interrupt its thread's own store: skip the adaptation
+    // rather than wait for it.
+    let Some(_serial) = STORE_LOCK.try_lock() else { return };
+    store_serialised(Opt::MmapThreshold, len);
+    store_serialised(Opt::TrimThreshold, 2 * len);
+}
+
+/// In a fork child: the thread that held `STORE_LOCK` (another thread of the parent, or
+/// this thread's code that a signal handler interrupted) does not store in the child.
+pub(crate) fn reset_after_fork() {
+    // SAFETY: per the above, no guard of the lock will be used in this process.
+    unsafe { crate::lock::force_unlock(&STORE_LOCK) };
 }
 
 /// The current value of a tunable.

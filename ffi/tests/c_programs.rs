@@ -309,7 +309,7 @@ fn check_initsig(via: Via) {
     for mode in ["handler", "handler-fork", "thread-fork", ""] {
         let args: &[&str] = if mode.is_empty() { &[] } else { &[mode] };
         let r = exec(&bin, args, via, 60);
-        let what = format!("initsig {mode} ({via:?})");
+        let what = format!("initsig {} ({via:?})", if mode.is_empty() { "all" } else { mode });
         assert!(!r.timed_out && r.status.signal().is_none(), "{what}: killed (SIGALRM = hang):\n{}", r.tail(30));
         assert_passed(&r, &what, "all passed");
     }

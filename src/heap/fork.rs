@@ -107,6 +107,9 @@ pub(super) extern "C" fn fork_child() {
     // as with glibc), and releasing a free lock is a no-op.
     // SAFETY: so each lock is held by us, or by code whose guard will not be used.
     unsafe { release_fork_locks() };
+    // Not taken by fork_prepare: held only by a thread the child does not have, or by code
+    // a signal handler interrupted.
+    crate::options::reset_after_fork();
     // With the locks, the flags of the owners' holds go: a thread of the parent may have
     // been taking its own lock, and its heap is pooled below for the child's threads.
     for_each_heap(|h| {

@@ -73,13 +73,10 @@ pub(super) fn is_locked_heap(tid: usize) -> bool {
     tid == BACKUP_TID || tid == SAMPLE_TID
 }
 
-/// `INIT_DONE` once initialisation is published; before, 0 or the `os::thread_id` of the
-/// thread running it.
-static INIT: AtomicUsize = AtomicUsize::new(0);
-const INIT_DONE: usize = 1;
-/// The process the initialising thread runs in, written just after it claims `INIT` (0 for
-/// that instant): a fork child can tell that the initialiser stayed behind in its parent.
-static INIT_PID: AtomicI32 = AtomicI32::new(0);
+/// 0 before initialisation starts, `INIT_DONE` once it is published, and while it runs the
+/// pid of the process it runs in: one word, so a fork child copies it whole.
+static INIT: AtomicI32 = AtomicI32::new(0);
+const INIT_DONE: i32 = -1;
 static KEY: AtomicU32 = AtomicU32::new(0);
 
 // ---- initialisation and heap life cycle ----
@@ -87,11 +84,14 @@ static KEY: AtomicU32 = AtomicU32::new(0);
 /// One-time set-up: options, the thread-exit key, fork handlers. Nothing here allocates
 /// through malloc before `INIT_DONE` is published; what follows it may.
 ///
-/// It returns before initialisation is done in one case: on the initialising thread itself,
-/// re-entered by a signal handler that interrupted it, in this process or in a child the
-/// handler forked. Waiting there would never end; the handler's calls go on with the
-/// options read so far (defaults for the rest), and its heap gets its exit key when the
-/// interrupted initialisation publishes.
+/// It never waits, as a call inside initialisation would wait for itself: a signal handler
+/// that interrupted it, or the initialisation's own call of a libc function that allocates.
+/// Under way in this process, it returns at once: the caller goes on with the options read
+/// so far (defaults for the rest), and its thread's heap gets its exit key when the
+/// initialisation publishes. (Another thread can hardly be there: a thread's creation
+/// allocates, which initialises.) Under way in a parent, in a fork child: the child takes
+/// it over, as its initialiser either does not exist here (another thread of the parent) or
+/// is this thread's code interrupted by the signal handler that forked.
 #[inline]
 pub fn ensure_init() {
     if INIT.load(Ordering::Acquire) != INIT_DONE {
@@ -104,53 +104,35 @@ pub fn is_initialised() -> bool {
     INIT.load(Ordering::Acquire) == INIT_DONE
 }
 
-/// What a thread that finds initialisation not done does.
-#[derive(Debug, PartialEq)]
+/// What a caller that finds initialisation not done does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum InitTurn {
-    /// Initialise (the claim succeeded).
-    Run,
-    /// Return: done, or this thread's own initialisation is interrupted (see `ensure_init`).
+    /// Initialise: the claim is ours; `taken_over` if it was a parent process's.
+    Run { taken_over: bool },
+    /// Return: done, or under way in this process.
     Return,
-    /// Another thread of this process is initialising: wait and look again.
-    Wait,
 }
 
-/// Claims initialisation or says what to do instead. `me` and `pid` are the caller's thread
-/// and process. A fork child whose parent was initialising on another thread (which does not
-/// exist in the child, so would never finish) takes it over.
-fn claim_init(init: &AtomicUsize, init_pid: &AtomicI32, me: usize, pid: i32) -> InitTurn {
-    let owner = match init.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => {
-            init_pid.store(pid, Ordering::Release);
-            return InitTurn::Run;
+/// Claims initialisation for process `pid`, or says to return (see `ensure_init`).
+fn claim_init(init: &AtomicI32, pid: i32) -> InitTurn {
+    let mut expected = 0;
+    loop {
+        match init.compare_exchange(expected, pid, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return InitTurn::Run { taken_over: expected != 0 },
+            Err(owner) if owner == INIT_DONE || owner == pid => return InitTurn::Return,
+            Err(owner) => expected = owner, // 0, or a parent's pid: try to take it
         }
-        Err(owner) => owner,
-    };
-    if owner == INIT_DONE || owner == me {
-        return InitTurn::Return;
     }
-    // 0: the owner is between its claim and its pid store (a fork child copied that
-    // instant: it waits forever, as for a fork at any instant before the handlers exist).
-    let owner_pid = init_pid.load(Ordering::Acquire);
-    if owner_pid != 0
-        && owner_pid != pid
-        && init.compare_exchange(owner, me, Ordering::AcqRel, Ordering::Acquire).is_ok()
-    {
-        init_pid.store(pid, Ordering::Release);
-        return InitTurn::Run;
-    }
-    InitTurn::Wait
 }
 
 #[cold]
 fn init_slow() {
-    let (me, pid) = (os::thread_id(), os::getpid());
-    loop {
-        match claim_init(&INIT, &INIT_PID, me, pid) {
-            InitTurn::Run => break,
-            InitTurn::Return => return,
-            InitTurn::Wait => os::yield_now(),
-        }
+    let pid = os::getpid();
+    let InitTurn::Run { taken_over } = claim_init(&INIT, pid) else { return };
+    if taken_over {
+        // The fork handlers do not exist yet: do what the child's would (the locks a thread
+        // of the parent, or this thread's interrupted code, held are reset).
+        fork_child();
     }
     crate::options::load_from_env();
     crate::prof::init();
@@ -166,9 +148,16 @@ fn init_slow() {
     // SAFETY: `key` is a valid out-pointer; the destructor has the required signature.
     // Keys below 32 never allocate in glibc, and this is among the first keys made.
     unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) };
+    if INIT.load(Ordering::Relaxed) != pid {
+        // A fork child took over while a signal handler interrupted us, and finished; it
+        // registered the key and the fork handlers.
+        // SAFETY: the key is ours, just created, and holds no value.
+        unsafe { libc::pthread_key_delete(key) };
+        return;
+    }
     KEY.store(key, Ordering::Relaxed);
     INIT.store(INIT_DONE, Ordering::Release);
-    // A signal handler that interrupted us may have made this thread's heap without a key.
+    // A call inside initialisation may have made this thread's heap without a key.
     if let Some(heap) = current() {
         set_exit_key(heap);
     }
@@ -178,9 +167,10 @@ fn init_slow() {
     crate::after_init();
 }
 
-/// Has the thread-exit handler run for `heap`, this thread's heap.
+/// Registers `heap`, this thread's heap, under `KEY`, so `on_thread_exit` runs for it.
 fn set_exit_key(heap: &Heap) {
-    // SAFETY: the key was created in init_slow; glibc stores values of low keys without
+    debug_assert!(is_initialised());
+    // SAFETY: the key was created in init_slow (initialisation is published); glibc stores values of low keys without
     // allocating (and if it did, the TLS slot is already set, so the call would succeed).
     unsafe { libc::pthread_setspecific(KEY.load(Ordering::Relaxed), (heap as *const Heap).cast()) };
 }
@@ -460,34 +450,25 @@ pub fn pending_in_use() -> isize {
 mod tests {
     use super::*;
 
-    const A: usize = 0x7000_0000_1000; // thread ids
-    const B: usize = 0x7000_0000_2000;
-
     #[test]
-    fn first_claims_then_others_wait() {
-        let (init, pid) = (AtomicUsize::new(0), AtomicI32::new(0));
-        assert_eq!(claim_init(&init, &pid, A, 10), InitTurn::Run);
-        assert_eq!((init.load(Ordering::Relaxed), pid.load(Ordering::Relaxed)), (A, 10));
-        assert_eq!(claim_init(&init, &pid, B, 10), InitTurn::Wait);
+    fn the_first_claims_others_never_wait() {
+        let init = AtomicI32::new(0);
+        assert_eq!(claim_init(&init, 10), InitTurn::Run { taken_over: false });
+        assert_eq!(init.load(Ordering::Relaxed), 10);
+        // Under way in this process (a re-entry on the initialising thread): no wait.
+        assert_eq!(claim_init(&init, 10), InitTurn::Return);
         init.store(INIT_DONE, Ordering::Relaxed);
-        assert_eq!(claim_init(&init, &pid, B, 10), InitTurn::Return);
+        assert_eq!(claim_init(&init, 10), InitTurn::Return);
+        assert_eq!(claim_init(&init, 11), InitTurn::Return);
     }
 
     #[test]
-    fn the_initialiser_reentered_does_not_wait() {
-        let (init, pid) = (AtomicUsize::new(A), AtomicI32::new(10));
-        assert_eq!(claim_init(&init, &pid, A, 10), InitTurn::Return); // a signal handler
-        assert_eq!(claim_init(&init, &pid, A, 11), InitTurn::Return); // a child it forked
-        assert_eq!(init.load(Ordering::Relaxed), A);
-    }
-
-    #[test]
-    fn a_fork_child_takes_over_from_a_thread_left_in_the_parent() {
-        let (init, pid) = (AtomicUsize::new(A), AtomicI32::new(10));
-        assert_eq!(claim_init(&init, &pid, B, 11), InitTurn::Run);
-        assert_eq!((init.load(Ordering::Relaxed), pid.load(Ordering::Relaxed)), (B, 11));
-        // Copied between the claim and the pid's store: nothing to go by.
-        let (init, pid) = (AtomicUsize::new(A), AtomicI32::new(0));
-        assert_eq!(claim_init(&init, &pid, B, 11), InitTurn::Wait);
+    fn a_fork_child_takes_over_a_parents_initialisation() {
+        let init = AtomicI32::new(10);
+        assert_eq!(claim_init(&init, 11), InitTurn::Run { taken_over: true });
+        assert_eq!(init.load(Ordering::Relaxed), 11);
+        // Another thread of that child, and the grandchild of a child that took over.
+        assert_eq!(claim_init(&init, 11), InitTurn::Return);
+        assert_eq!(claim_init(&init, 12), InitTurn::Run { taken_over: true });
     }
 }

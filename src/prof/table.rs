@@ -81,6 +81,9 @@ pub const TABLE_BYTES: usize = size_of::<Table>().next_multiple_of(os::PAGE_SIZE
 
 /// Maps the table. False if the kernel refused (profiling then stays off).
 pub fn init() -> bool {
+    if !TABLE.load(Acquire).is_null() {
+        return true; // a fork child took over an initialisation copied mid-way
+    }
     let t = os::mmap_anon(TABLE_BYTES).cast::<Table>();
     if t.is_null() {
         return false;
