@@ -180,8 +180,8 @@ pub fn adapt_threshold(len: usize) {
     if FIXED.load(Relaxed) || len <= get(Opt::MmapThreshold) || len > DYNAMIC_THRESHOLD_MAX {
         return;
     }
-    // A signal handler's free may interrupt its thread's own store: skip the adaptation
-    // rather than wait for it.
+    // Busy: another thread stores, or a signal handler's free interrupted its own thread's
+    // store. The adaptation is a heuristic: skip it rather than wait.
     let Some(_serial) = STORE_LOCK.try_lock() else { return };
     store_serialised(Opt::MmapThreshold, len);
     store_serialised(Opt::TrimThreshold, 2 * len);
@@ -192,6 +192,8 @@ pub fn adapt_threshold(len: usize) {
 pub(crate) fn reset_after_fork() {
     // SAFETY: per the above, no guard of the lock will be used in this process.
     unsafe { crate::lock::force_unlock(&STORE_LOCK) };
+    // The holder may have stored a value but not the limits that follow from it.
+    store(Opt::MmapThreshold, get(Opt::MmapThreshold));
 }
 
 /// The current value of a tunable.

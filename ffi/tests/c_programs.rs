@@ -313,6 +313,25 @@ fn check_initsig(via: Via) {
         assert!(!r.timed_out && r.status.signal().is_none(), "{what}: killed (SIGALRM = hang):\n{}", r.tail(30));
         assert_passed(&r, &what, "all passed");
     }
+    // Statistics at exit, from every process that finished an initialisation: the main
+    // process, the two children that took it over (the handler's, whose thread already had
+    // a heap, and the other thread's) and the child of the main flow after it.
+    let lib = lib();
+    let mut cmd = Command::new(&bin);
+    clean_env(&mut cmd).env("TIDEMALLOC_SHOW_STATS", "1").env("INITSIG_EXIT", "1");
+    match via {
+        Via::Preload => cmd.env("LD_PRELOAD", &lib.so),
+        Via::Link => cmd.env("LD_LIBRARY_PATH", &lib.dir),
+    };
+    let r = run(&mut cmd, Duration::from_secs(60));
+    assert_passed(&r, "initsig with statistics", "all passed");
+    let reports = r.stderr.matches("tidemalloc stats:").count();
+    assert_eq!(
+        reports,
+        4,
+        "initsig: statistics from {reports} processes, not 4 (a child did not take over):\n{}",
+        r.tail(10)
+    );
 }
 
 #[test]

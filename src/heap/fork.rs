@@ -1,7 +1,8 @@
 //! The fork handlers: with other threads alive, every global lock is taken before `fork`
 //! and released after it in parent and child; in the child, the heaps of the threads that
 //! did not come along are abandoned. Calls into `mod.rs`, `life` and `collect` (it takes
-//! every lock); only `life` refers to it, to register the handlers.
+//! every lock); only `life` refers to it, to register the handlers and, in a fork child that
+//! takes over its parent's initialisation, to do what they would have done.
 
 use super::collect::ABANDONED;
 use super::life::{BACKUP, META, SAMPLES, for_each_heap, segs_of};
@@ -98,7 +99,8 @@ pub(super) extern "C" fn fork_parent() {
 pub(super) extern "C" fn fork_child() {
     let held = take_fork_held();
     // A single-threaded fork from a signal handler that interrupted the arena: its state
-    // may be half updated (see `arena::forget_free_spans`).
+    // may be half updated (see `arena::forget_free_spans`). (Multi-threaded, fork_prepare
+    // holds its lock.)
     let arena_interrupted = held.is_none() && arena::is_busy();
     // Multi-threaded: fork_prepare took every lock on this thread, which is the child's only
     // thread. Single-threaded: a held lock was held by code of this thread that a signal
@@ -106,6 +108,35 @@ pub(super) extern "C" fn fork_child() {
     // returns (then the child has the heap in whatever state the interrupted code left it,
     // as with glibc), and releasing a free lock is a no-op.
     // SAFETY: so each lock is held by us, or by code whose guard will not be used.
+    unsafe { reset_in_child(held.is_some(), arena_interrupted) };
+    if let Some(mask) = held {
+        os::set_signal_mask(&mask);
+    }
+}
+
+/// For a fork child that takes over an initialisation its parent had under way (see
+/// `life::ensure_init`): the fork handlers were not registered, so this does what the
+/// child's would. A lock is held by a parent's thread, which does not exist here, or by
+/// this thread's code, interrupted by the signal handler that forked. Nothing if the child
+/// already has other threads: their holds are real.
+pub(super) fn take_over_in_child() {
+    if os::is_single_threaded() {
+        // The arena's holder, if any, was interrupted mid-way, as in fork_child.
+        let arena_interrupted = arena::is_busy();
+        // SAFETY: per the above, no guard of a held lock will be used.
+        unsafe { reset_in_child(true, arena_interrupted) };
+    }
+}
+
+/// The fork child's reset: every lock released, the owners' flags cleared, this thread's
+/// heap given the child's ids; with `others_gone`, the other threads' heaps abandoned; with
+/// `arena_interrupted` (read before the release), the arena's free spans forgotten.
+///
+/// # Safety
+/// This is a fork child's only thread, and each held lock is held by a thread that is gone,
+/// by `fork_prepare` on this thread, or by code of this thread whose guard will not be used.
+unsafe fn reset_in_child(others_gone: bool, arena_interrupted: bool) {
+    // SAFETY: per the contract.
     unsafe { release_fork_locks() };
     // Not taken by fork_prepare: held only by a thread the child does not have, or by code
     // a signal handler interrupted.
@@ -120,10 +151,9 @@ pub(super) extern "C" fn fork_child() {
     if let Some(h) = current() {
         h.set_owner(os::kernel_tid(), os::getpid()); // the child's ids
     }
-    if let Some(mask) = held {
+    if others_gone {
         abandon_other_heaps();
         crate::prof::after_fork_child();
-        os::set_signal_mask(&mask);
     }
     if arena_interrupted {
         arena::forget_free_spans();

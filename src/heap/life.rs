@@ -7,7 +7,7 @@
 //! `fork`. `mod.rs`, `collect` and `fork` use its global state.
 
 use super::collect::{schedule_abandoned_purge, schedule_scan};
-use super::fork::{fork_child, fork_parent, fork_prepare};
+use super::fork::{fork_child, fork_parent, fork_prepare, take_over_in_child};
 use super::segs::{HeapSegs, SegQueue};
 use super::{DEAD, Heap, current, set_thread_heap, thread_heap};
 use crate::lock::Lock;
@@ -85,13 +85,15 @@ static KEY: AtomicU32 = AtomicU32::new(0);
 /// through malloc before `INIT_DONE` is published; what follows it may.
 ///
 /// It never waits, as a call inside initialisation would wait for itself: a signal handler
-/// that interrupted it, or the initialisation's own call of a libc function that allocates.
-/// Under way in this process, it returns at once: the caller goes on with the options read
-/// so far (defaults for the rest), and its thread's heap gets its exit key when the
-/// initialisation publishes. (Another thread can hardly be there: a thread's creation
-/// allocates, which initialises.) Under way in a parent, in a fork child: the child takes
-/// it over, as its initialiser either does not exist here (another thread of the parent) or
-/// is this thread's code interrupted by the signal handler that forked.
+/// that interrupted it, or a libc function it calls that allocates (`pthread_create`'s
+/// calloc, say). Under way in this process, it returns at once: the caller goes on with the
+/// options read so far (defaults for the rest). The initialising thread's heap gets its exit
+/// key when initialisation publishes; a heap another thread made meanwhile has none, and is
+/// retired by `Meta::reap_if_gone` when its thread ends. Under way in a parent, in a fork
+/// child: the child takes it over, as its initialiser either does not exist here (another
+/// thread of the parent) or is this thread's code, interrupted by the signal handler that
+/// forked. (A descendant that inherited the parent's pid there and got the same pid, after
+/// the parent ended, would never initialise: it runs on the defaults.)
 #[inline]
 pub fn ensure_init() {
     if INIT.load(Ordering::Acquire) != INIT_DONE {
@@ -130,9 +132,7 @@ fn init_slow() {
     let pid = os::getpid();
     let InitTurn::Run { taken_over } = claim_init(&INIT, pid) else { return };
     if taken_over {
-        // The fork handlers do not exist yet: do what the child's would (the locks a thread
-        // of the parent, or this thread's interrupted code, held are reset).
-        fork_child();
+        take_over_in_child();
     }
     crate::options::load_from_env();
     crate::prof::init();
@@ -144,15 +144,19 @@ fn init_slow() {
         );
         os::abort();
     }
+    // From the check to the fork handlers' registration, no signal handler may fork: its
+    // child would take over and register them too, or have none.
+    let mask = os::block_signals();
     let mut key: libc::pthread_key_t = 0;
     // SAFETY: `key` is a valid out-pointer; the destructor has the required signature.
     // Keys below 32 never allocate in glibc, and this is among the first keys made.
     unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) };
     if INIT.load(Ordering::Relaxed) != pid {
-        // A fork child took over while a signal handler interrupted us, and finished; it
-        // registered the key and the fork handlers.
+        // A signal handler that interrupted us forked, and its child took over (this is
+        // that child, and the handler returned): the key and the fork handlers are there.
         // SAFETY: the key is ours, just created, and holds no value.
         unsafe { libc::pthread_key_delete(key) };
+        os::set_signal_mask(&mask);
         return;
     }
     KEY.store(key, Ordering::Relaxed);
@@ -164,14 +168,16 @@ fn init_slow() {
     // SAFETY: the handlers have the required signature; glibc may allocate here, which works
     // now that initialisation is published.
     unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+    os::set_signal_mask(&mask);
     crate::after_init();
 }
 
 /// Registers `heap`, this thread's heap, under `KEY`, so `on_thread_exit` runs for it.
 fn set_exit_key(heap: &Heap) {
     debug_assert!(is_initialised());
-    // SAFETY: the key was created in init_slow (initialisation is published); glibc stores values of low keys without
-    // allocating (and if it did, the TLS slot is already set, so the call would succeed).
+    // SAFETY: initialisation is published, so the key exists; glibc stores values of low
+    // keys without allocating (and if it did, the TLS slot is already set, so the call
+    // would succeed).
     unsafe { libc::pthread_setspecific(KEY.load(Ordering::Relaxed), (heap as *const Heap).cast()) };
 }
 
@@ -203,8 +209,8 @@ pub fn current_or_create() -> Option<&'static Heap> {
     }
     heap.restart_sample_clock();
     set_thread_heap(heap as *const Heap as *mut Heap);
-    // Not yet initialised: a signal handler interrupted this thread's initialisation, which
-    // sets the key when it publishes (see `ensure_init`).
+    // Not yet initialised: this call is inside the initialisation (of this thread, which
+    // sets the key when it publishes, or rarely of another: see `ensure_init`).
     if is_initialised() {
         set_exit_key(heap);
     }

@@ -255,6 +255,10 @@ impl Heap {
         if self.purging.get() {
             return self.alloc_in_place(class, zero);
         }
+        // A thread whose heap was made inside the initialisation (see `ensure_init`) does
+        // not come through `current_or_create` again: in a fork child that copied the
+        // initialisation under way, this is where the child takes it over.
+        ensure_init();
         self.slow_paths.store(self.slow_paths.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
         self.in_use.flush();
         purge_if_due(Some(self));

@@ -82,7 +82,7 @@ pub const TABLE_BYTES: usize = size_of::<Table>().next_multiple_of(os::PAGE_SIZE
 /// Maps the table. False if the kernel refused (profiling then stays off).
 pub fn init() -> bool {
     if !TABLE.load(Acquire).is_null() {
-        return true; // a fork child took over an initialisation copied mid-way
+        return true; // a fork child took over an initialisation copied after this
     }
     let t = os::mmap_anon(TABLE_BYTES).cast::<Table>();
     if t.is_null() {
@@ -92,7 +92,14 @@ pub fn init() -> bool {
     let table = unsafe { &*t };
     table.next.store(1, Relaxed); // bucket 0 is the overflow bucket, with no frames
     table.buckets[0].published.store(true, Relaxed);
-    TABLE.store(t, Release);
+    // Published once: an initialisation interrupted here, then taken over by a fork child
+    // (see `heap::ensure_init`), finds the child's table when it resumes.
+    if TABLE.compare_exchange(ptr::null_mut(), t, Release, Acquire).is_err() {
+        // SAFETY: the mapping is ours, unpublished, and nothing points into it.
+        let unmapped = unsafe { os::munmap(t.cast(), TABLE_BYTES) };
+        // A failed unmap (counted as a release failure) leaves it mapped and unused.
+        let _ = unmapped;
+    }
     true
 }
 

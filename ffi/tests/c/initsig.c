@@ -15,6 +15,10 @@
  *      takes the initialisation over, allocates and exits 0.
  * Then initialisation finishes and the program allocates on both threads as usual.
  *
+ * With INITSIG_EXIT set, every child ends by exit() instead of _exit(), so that with
+ * TIDEMALLOC_SHOW_STATS=1 each child that took the initialisation over (and registered the
+ * exit handler) prints its statistics: that shows the take-over happened.
+ *
  * Watchdogs: alarm(20) in the main process, alarm(10) in every child (SIGALRM's default
  * action kills: a hang fails the test).
  *
@@ -73,7 +77,11 @@ static int wait_status(pid_t pid) {
 static void child(unsigned salt) {
     signal(SIGALRM, SIG_DFL);
     alarm(10);
-    _exit(work(salt));
+    int status = work(salt);
+    /* With INITSIG_EXIT set, children end by exit(): tidemalloc's exit handlers (statistics
+     * with TIDEMALLOC_SHOW_STATS=1) run in those that initialised it, or took it over. */
+    if (getenv("INITSIG_EXIT")) exit(status);
+    _exit(status);
 }
 
 static void on_usr1(int sig) {
