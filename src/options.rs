@@ -190,7 +190,8 @@ pub fn adapt_threshold(len: usize) {
 /// In a fork child: the thread that held `STORE_LOCK` (another thread of the parent, or
 /// this thread's code that a signal handler interrupted) does not store in the child.
 pub(crate) fn reset_after_fork() {
-    // SAFETY: per the above, no guard of the lock will be used in this process.
+    // SAFETY: per the above, the holder's guard is not used in this process (unless a signal
+    // handler that forked returns into it, as `fork::fork_child` allows for every lock).
     unsafe { crate::lock::force_unlock(&STORE_LOCK) };
     // The holder may have stored a value but not the limits that follow from it.
     store(Opt::MmapThreshold, get(Opt::MmapThreshold));

@@ -257,8 +257,11 @@ impl Heap {
         }
         // A thread whose heap was made inside the initialisation (see `ensure_init`) does
         // not come through `current_or_create` again: in a fork child that copied the
-        // initialisation under way, this is where the child takes it over.
-        ensure_init();
+        // initialisation under way, this is where the child takes it over. Not on a heap
+        // used under a global lock (the sample heap): the take-over resets every lock.
+        if !is_locked_heap(self.thread_id.get()) {
+            ensure_init();
+        }
         self.slow_paths.store(self.slow_paths.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
         self.in_use.flush();
         purge_if_due(Some(self));
