@@ -119,9 +119,9 @@ pub(super) extern "C" fn fork_child() {
 /// child's would. A lock is held by a parent's thread, which does not exist here, or by
 /// this thread's code, interrupted by the signal handler that forked. Nothing if the child
 /// already has other threads: their holds are real. Its callers hold no lock (`alloc_slow`
-/// does not come here for a heap used under a global lock). Not supported, as for any allocation in a
-/// handler that interrupts malloc or free: a handler in the child, before the take-over,
-/// that interrupts the child's own allocator call (whose locks this would reset).
+/// does not come here for a heap used under a global lock). Not supported, as for any
+/// allocation in a handler that interrupts malloc or free: a handler in the child, before
+/// the take-over, that interrupts the child's own allocator call (whose locks this resets).
 pub(super) fn take_over_in_child() {
     if os::is_single_threaded() {
         // The arena's holder, if any, was interrupted mid-way, as in fork_child.

@@ -92,8 +92,8 @@ static KEY: AtomicU32 = AtomicU32::new(0);
 /// retired by `Meta::reap_if_gone` when its thread ends. Under way in a parent, in a fork
 /// child: the child takes it over, as its initialiser either does not exist here (another
 /// thread of the parent) or is this thread's code, interrupted by the signal handler that
-/// forked. (A descendant that inherited the parent's pid there and got the same pid, after
-/// the parent ended, would never initialise: it runs on the defaults.)
+/// forked. (A descendant that copied this state, and was given the initialising process's
+/// pid after that process ended, would never initialise: it runs on the defaults.)
 #[inline]
 pub fn ensure_init() {
     if INIT.load(Ordering::Acquire) != INIT_DONE {
